@@ -1,0 +1,67 @@
+"""The ``openatp`` command line (contract: docs/cli.md).
+
+Each sub-command lives in ``app/commands/<name>.py`` with ``register(subparsers)`` and
+``run(args) -> int``. Command modules import heavy libraries (torch, pydicom, Qt) only
+inside ``run`` so that ``openatp --help`` and ``openatp info`` start fast.
+Typed errors are caught here, once: one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from core import __version__
+from core.errors import Cancelled, OpenATPError
+
+# Order is the order shown in --help.
+COMMANDS = ["gui", "info", "dvh", "dose", "predict", "plan", "refine", "train", "compare", "review"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in the contract's one-line form, exit 2."""
+
+    def error(self, message):  # Qt-style name kept: argparse override
+        self.exit(2, f"openatp: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="openatp", description="OpenATP radiotherapy treatment planning")
+    parser.add_argument("--version", action="version", version=f"openatp {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"app.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"app.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv:
+        argv = ["gui"]
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled:
+        print("openatp: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("openatp: interrupted", file=sys.stderr)
+        return 130
+    except OpenATPError as exc:
+        print(f"openatp: {exc}".replace("\n", " "), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

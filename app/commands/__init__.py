@@ -1,0 +1,1 @@
+"""One module per ``openatp`` sub-command; see :mod:`app.cli`."""
