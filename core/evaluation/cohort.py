@@ -25,8 +25,8 @@ tables with :mod:`core.evaluation.dvh` and :mod:`core.evaluation.indices`.
 
 EQD2 (``eqd2=True``): each plan's dose is converted voxel by voxel,
 ``EQD2 = D (D/n + a/b) / (2 + a/b)``, with that plan set's number of fractions ``n``
-and the structure's alpha/beta (default 10 Gy for targets, 3 Gy for organs at risk,
-overridable per structure), before the endpoints are taken; this is what makes plan
+and the structure's alpha/beta (default 10 Gy for targets, 2 Gy for spinal cord and
+brainstem, 3 Gy for other organs at risk, overridable per structure), before the endpoints are taken; this is what makes plan
 sets with different fractionations comparable. The metric names then end in
 ``_EQD2``.
 """
@@ -50,8 +50,6 @@ DEFAULT_METRICS = ("D95", "D2", "D98", "mean", "max", "CI", "HI")
 #: DVH keys computed by :func:`core.evaluation.dvh.dvh_endpoints`.
 DVH_KEYS = ("mean", "max", "min", "D0.03cc", "D0.1cc", "D1", "D2", "D5", "D50", "D95", "D98", "D99")
 
-DEFAULT_ALPHA_BETA_TARGET_GY = 10.0
-DEFAULT_ALPHA_BETA_OAR_GY = 3.0
 ALPHA = 0.05
 
 _V_GY_RE = re.compile(r"^V(\d+(?:\.\d+)?)Gy$")
@@ -189,6 +187,9 @@ class CohortResult:
     n_tests : int
         The Bonferroni family size ``m`` (number of endpoints in this analysis).
     group : tuple (column, value) or None
+    notes : tuple of str
+        Endpoints left out because undefined for some patient (e.g. CI when no voxel
+        reaches the prescription).
     """
 
     n_patients: int
@@ -196,11 +197,12 @@ class CohortResult:
     endpoints: tuple
     n_tests: int
     group: tuple | None = None
+    notes: tuple = ()
 
     def to_dict(self, per_patient: bool = False) -> dict:
         d = {"n_patients": self.n_patients,
              "endpoints": [e.to_dict(per_patient) for e in self.endpoints],
-             "n_tests": self.n_tests, "patient_ids": list(self.patient_ids)}
+             "n_tests": self.n_tests, "patient_ids": list(self.patient_ids), "notes": list(self.notes)}
         if self.group is not None:
             d["group"] = {"by": self.group[0], "value": self.group[1]}
         return d
@@ -258,14 +260,19 @@ def compare_tables(table_a: dict, table_b: dict, targets=(), coverage=None,
         raise InputError(f"endpoints missing for some patients ({shown}{more})")
     targets = set(targets)
     coverage = coverage or (lambda s, m: higher_is_better(m, s in targets))
-    m_tests = len(keys)
-    rows = []
+    notes, usable = [], []
     for structure, metric in keys:
+        bad = [pid for pid in ids if not (np.isfinite(float(table_a[pid][(structure, metric)]))
+                                          and np.isfinite(float(table_b[pid][(structure, metric)])))]
+        if bad:
+            notes.append(f"{structure} {metric} left out: undefined for {', '.join(bad)}")
+        else:
+            usable.append((structure, metric))
+    m_tests = len(usable)
+    rows = []
+    for structure, metric in usable:
         a = np.array([table_a[pid][(structure, metric)] for pid in ids], dtype=float)
         b = np.array([table_b[pid][(structure, metric)] for pid in ids], dtype=float)
-        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-            bad = [pid for pid, x, y in zip(ids, a, b) if not (np.isfinite(x) and np.isfinite(y))]
-            raise InputError(f"{structure} {metric}: no finite value for {', '.join(bad)}")
         test = paired_test(a, b)
         sign = -1.0 if coverage(structure, metric) else 1.0
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -281,7 +288,7 @@ def compare_tables(table_a: dict, table_b: dict, targets=(), coverage=None,
             p_wilcoxon=test.p_wilcoxon, higher_is_better=sign < 0, patient_ids=tuple(ids),
             values_a=tuple(float(x) for x in a), values_b=tuple(float(x) for x in b),
             rel_diff_per_patient_pct=tuple(float(x) for x in rel)))
-    return CohortResult(len(ids), tuple(ids), tuple(rows), m_tests, group)
+    return CohortResult(len(ids), tuple(ids), tuple(rows), m_tests, group, tuple(notes))
 
 
 def compare_groups(table_a: dict, table_b: dict, groups: dict, targets=(), min_patients: int = 2) -> list:
@@ -431,11 +438,10 @@ def match_plan_sets(plans_a: dict, plans_b: dict, patients: dict | None = None,
 
 
 def eqd2_gy(dose_gy, n_fractions: int, alpha_beta_gy: float):
-    """Equivalent dose in 2-Gy fractions, ``D (D/n + a/b) / (2 + a/b)`` (LQ model)."""
-    if n_fractions < 1 or alpha_beta_gy <= 0:
-        raise InputError(f"EQD2 needs fractions >= 1 and alpha/beta > 0, got {n_fractions}, {alpha_beta_gy}")
-    d = np.asarray(dose_gy, dtype=float)
-    return d * (d / n_fractions + alpha_beta_gy) / (2.0 + alpha_beta_gy)
+    """Equivalent dose in 2-Gy fractions, ``D (D/n + a/b) / (2 + a/b)`` (:func:`core.evaluation.indices.eqd2`)."""
+    from core.evaluation.indices import eqd2
+
+    return eqd2(dose_gy, n_fractions, alpha_beta_gy)
 
 
 @dataclass
@@ -464,9 +470,13 @@ class EndpointOptions:
 
 
 def alpha_beta_for(name: str, is_target: bool, overrides: dict) -> float:
+    """The structure's alpha/beta (Gy): an override, else
+    :func:`core.evaluation.indices.default_alpha_beta_gy` (targets 10, cord/brainstem 2, other OARs 3)."""
+    from core.evaluation.indices import default_alpha_beta_gy
+
     if name in overrides:
         return float(overrides[name])
-    return DEFAULT_ALPHA_BETA_TARGET_GY if is_target else DEFAULT_ALPHA_BETA_OAR_GY
+    return default_alpha_beta_gy(name, is_target)
 
 
 def _primary_rx(patient):
@@ -482,6 +492,16 @@ def _target_rx_gy(patient, name: str) -> float | None:
     if m and 20.0 <= float(m.group(1)) <= 90.0:
         return float(m.group(1))
     return None
+
+
+def _body_mask(patient):
+    """The external outline for the Paddick PIV, or None (whole grid) when there is none."""
+    from core.errors import GeometryError
+
+    try:
+        return patient.external_mask()
+    except GeometryError:
+        return None
 
 
 def plan_endpoints(patient, dose_gy: np.ndarray, structures, targets, options: EndpointOptions,
@@ -521,11 +541,11 @@ def plan_endpoints(patient, dose_gy: np.ndarray, structures, targets, options: E
                 out[key] = float(100.0 * np.count_nonzero(dose[mask] >= spec.level / 100.0 * rx_gy)
                                  / np.count_nonzero(mask))
             elif spec.kind == "ci":
-                from core.evaluation.indices import conformity_index_paddick
-                out[key] = float(conformity_index_paddick(dose, mask, rx_gy))
+                from core.evaluation.indices import conformity_paddick
+                out[key] = float(conformity_paddick(dose, mask, rx_gy, _body_mask(patient)))
             elif spec.kind == "hi":
-                from core.evaluation.indices import homogeneity_index_icru83
-                out[key] = float(homogeneity_index_icru83(dose, mask))
+                from core.evaluation.indices import homogeneity_icru83
+                out[key] = float(homogeneity_icru83(dose, mask))
     return out
 
 
@@ -582,7 +602,7 @@ class CohortComparison:
         d = self.overall.to_dict(per_patient)
         d["groups"] = [g.to_dict(per_patient) for g in self.groups]
         d["targets"] = list(self.targets)
-        d["notes"] = list(self.notes)
+        d["notes"] = list(self.notes) + list(self.overall.notes)
         return d
 
 

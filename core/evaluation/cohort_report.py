@@ -168,8 +168,9 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}td:first-child,td
 (significant rows in bold: p x {ov.n_tests} &lt; 0.05); Wilcoxon signed-rank as a check. Relative difference
 100 (A - B) / A, sign flipped for coverage endpoints (target D90-D99, min, V-values, CI), so positive
 always means B is better; mean with Student-t 95 % CI.</p>"""]
-    if comparison.notes:
-        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in comparison.notes) + "</ul>")
+    notes = list(comparison.notes) + list(ov.notes)
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     parts.append(dot_plot_svg([("all", ov)], "Relative difference per endpoint (all patients)"))
     parts.append(_table_html(ov))
     by_col: dict = {}
