@@ -1,0 +1,93 @@
+"""Automatic conformity control: dose must fall off with distance from every target.
+
+Outside the targets, each voxel gets a dose limit that falls with its distance ``r``
+from each target (mm)::
+
+    L_t(r) = Rx_t * (end + (start - end) * exp(-r / falloff_mm))
+    L(voxel) = max over targets t of L_t(r_t)
+
+(the shape of the "normal tissue objective" of commercial planning systems, e.g.
+Eclipse's NTO: start 100 %, end ~ 40-60 %, exponential fall-off). Voxels above their
+limit are penalised quadratically at the lowest priority, so conformity never costs a
+clinical goal. :func:`ring_mask` builds helper rings (inner/outer mm) for templates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import InputError
+from core.geometry import Grid
+
+
+@dataclass(frozen=True)
+class FalloffSpec:
+    """Dose fall-off outside targets, as fractions of each target's prescription."""
+
+    start: float = 1.0
+    end: float = 0.4
+    falloff_mm: float = 8.0
+    max_distance_mm: float = 40.0
+
+    def __post_init__(self):
+        if not (0 < self.end <= self.start <= 1.2):
+            raise InputError(f"fall-off needs 0 < end <= start <= 1.2, got start={self.start}, end={self.end}")
+        if self.falloff_mm <= 0 or self.max_distance_mm <= 0:
+            raise InputError("fall-off distances must be positive (mm)")
+
+    def limit(self, rx_gy: float, r_mm: np.ndarray) -> np.ndarray:
+        return rx_gy * (self.end + (self.start - self.end) * np.exp(-np.asarray(r_mm) / self.falloff_mm))
+
+
+def distance_outside_mm(mask: np.ndarray, grid: Grid) -> np.ndarray:
+    """Euclidean distance (mm) of every voxel from the nearest voxel of ``mask`` (0 inside)."""
+    from scipy import ndimage
+
+    if not mask.any():
+        raise InputError("cannot measure distance from an empty structure")
+    return ndimage.distance_transform_edt(~mask, sampling=grid.spacing_mm).astype(np.float32)
+
+
+def falloff_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec: FalloffSpec):
+    """Per-voxel dose limits outside all targets.
+
+    Parameters
+    ----------
+    targets : list of (mask, rx_gy)
+        Target masks on ``grid`` and their prescriptions.
+    grid : Grid
+
+    Returns
+    -------
+    limit_gy : (grid.shape) float32 ndarray, Gy; ``nan`` inside targets
+    distance_mm : (grid.shape) float32 ndarray, distance to the nearest target (mm)
+    """
+    if not targets:
+        raise InputError("conformity control needs at least one target")
+    limit = np.zeros(grid.shape, dtype=np.float32)
+    dist_min = np.full(grid.shape, np.inf, dtype=np.float32)
+    inside = np.zeros(grid.shape, dtype=bool)
+    for mask, rx in targets:
+        r = distance_outside_mm(mask, grid)
+        np.maximum(limit, spec.limit(rx, r).astype(np.float32), out=limit)
+        np.minimum(dist_min, r, out=dist_min)
+        inside |= mask
+    limit[inside] = np.nan
+    return limit, dist_min
+
+
+def ring_mask(target: np.ndarray, grid: Grid, inner_mm: float, outer_mm: float,
+              exclude: np.ndarray | None = None) -> np.ndarray:
+    """Voxels between ``inner_mm`` and ``outer_mm`` from ``target`` (a helper ring).
+
+    ``exclude`` (e.g. all targets, or outside the body) is removed from the ring.
+    """
+    if not 0 <= inner_mm < outer_mm:
+        raise InputError(f"a ring needs 0 <= inner < outer mm, got {inner_mm} / {outer_mm}")
+    r = distance_outside_mm(target, grid)
+    ring = (r > inner_mm) & (r <= outer_mm) & ~target
+    if exclude is not None:
+        ring &= ~exclude
+    return ring

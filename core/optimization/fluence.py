@@ -1,0 +1,647 @@
+"""Fluence optimization against a prioritized clinical goal list (cold or warm start).
+
+Strict priorities (lexicographic optimization)
+----------------------------------------------
+Priority levels are optimized one after the other, highest first. At level ``k`` the
+objective is the sum of the level-``k`` goal penalties (:mod:`core.optimization.objectives`)
+and every goal of a higher level becomes a constraint, enforced by a quadratic penalty of
+weight ``rho`` (default 1e4, dimensionless penalties):
+
+* a higher goal that was **met** is held at its value tightened by ``margin_pct``;
+* a higher goal that was **not met** is held at the value it achieved (it may not get worse);
+* an "as low as possible" goal is held at what its level achieved plus ``alara_slack_pct``.
+
+After each level the result is **checked**: if any goal of a higher level that was met
+before the level is no longer met, ``rho`` is multiplied by 10 and the level is resumed
+(up to ``max_repairs`` times); if it is still broken, the level's result is **rejected**
+and the previous fluence kept. So by construction a lower-priority goal can never make a
+met higher-priority goal fail -- the result is either an improvement that keeps every
+met higher goal met, or unchanged. A final level then improves the plan without touching
+any goal: conformity (dose fall-off around each target, :mod:`core.optimization.conformity`),
+lower dose to every organ at risk that has a goal, and fluence smoothness for delivery.
+The global maximum dose (default 106 % of the highest prescription) is a constraint at
+every level.
+
+Numerics: the dose is ``A w`` with ``A`` the dose-influence matrix (rows restricted to
+the voxels that matter: every goal structure, everything within the conformity distance
+of a target, and every ``far_stride``-th voxel elsewhere for the maximum-dose limit);
+penalty gradients come from torch autograd on the dose vector and are mapped back with
+a pre-transposed ``A^T`` (sparse CSR matvecs on CPU or CUDA); each level is solved by
+L-BFGS-B (SciPy) with the bound ``w >= 0``, so every iterate is a valid fluence.
+Variables are scaled by the cold-start weight so that they are of order 1.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.errors import Cancelled, InputError, OptimizationError
+from core.goals.evaluate import GoalResult, evaluate_goals, is_met
+from core.goals.goal import ClinicalGoal, GoalKind
+from core.optimization.conformity import FalloffSpec, falloff_limits
+from core.optimization.objectives import GoalTerm, achieved_torch, goal_penalty, neighbour_pairs
+from core.progress import check_cancel, report
+
+
+@dataclass(frozen=True)
+class OptimizerOptions:
+    """Settings of :func:`optimize_fluence` (defaults are the published-system values where one exists)."""
+
+    max_dose_pct: float = 106.0          # global maximum dose, % of the highest prescription
+    margin_pct: float = 0.5              # safety margin on met goals held as constraints
+    constraint_weight: float = 1e4       # rho: weight of constraint penalties
+    max_repairs: int = 3                 # rho x10 retries before a level's result is rejected
+    level_maxiter: int = 150             # L-BFGS-B iterations per priority level
+    final_maxiter: int = 250             # iterations of the final (conformity/OAR/smoothness) level
+    ftol: float = 1e-7                   # L-BFGS-B relative objective tolerance
+    conformity: FalloffSpec | None = field(default_factory=FalloffSpec)
+    conformity_weight: float = 1.0
+    oar_weight: float = 0.3              # final-level push of mean squared OAR dose
+    smooth_weight: float = 0.02          # fluence smoothness (neighbour differences)
+    alara_slack_pct: float = 2.0
+    unmet_slack_pct: float = 1.0
+    far_stride: int = 4                  # keep every n-th voxel far from targets and goal structures
+
+    def __post_init__(self):
+        if not 100.0 <= self.max_dose_pct <= 150.0:
+            raise InputError(f"the maximum-dose limit must lie in 100 ... 150 % of the prescription, got {self.max_dose_pct}")
+        if self.constraint_weight <= 0 or self.level_maxiter < 1 or self.final_maxiter < 0:
+            raise InputError("optimizer weights and iteration limits must be positive")
+        if self.far_stride < 1:
+            raise InputError("far_stride must be >= 1")
+
+
+@dataclass(eq=False)
+class OptimizationResult:
+    """Everything a plan command needs from the optimizer.
+
+    Attributes
+    ----------
+    weights : (n_beamlets,) float32 ndarray, MU per beamlet, >= 0
+    dose_gy : (grid.shape) float32 ndarray, Gy, on ``grid``
+    grid : Grid
+    goal_results : list of GoalResult, in the order of the goals given
+    all_p1_met : bool
+    iterations : int  (L-BFGS-B iterations over all levels)
+    timings_s : dict  (``prepare``, ``optimize``, ``total``)
+    levels : list of dict  (per level: priority, iterations, time_s, accepted, repairs)
+    max_dose_gy, max_dose_limit_gy : float
+    warm_start, cancelled : bool
+    warnings, conflicts : list of str
+    """
+
+    weights: np.ndarray
+    dose_gy: np.ndarray
+    grid: object
+    goal_results: list
+    all_p1_met: bool
+    iterations: int
+    timings_s: dict
+    levels: list
+    max_dose_gy: float
+    max_dose_limit_gy: float
+    warm_start: bool = False
+    cancelled: bool = False
+    warnings: list = field(default_factory=list)
+    conflicts: list = field(default_factory=list)
+    device: str = "cpu"
+
+    @property
+    def goals_met(self) -> int:
+        return sum(1 for r in self.goal_results if r.met)
+
+    def to_metrics(self) -> dict:
+        """The optimizer's part of ``metrics.json`` (``docs/cli.md``)."""
+        return {"goals": [r.to_dict() for r in self.goal_results], "all_p1_met": self.all_p1_met,
+                "iterations": self.iterations, "warm_start": self.warm_start,
+                "max_dose_gy": round(self.max_dose_gy, 3), "max_dose_limit_gy": round(self.max_dose_limit_gy, 3),
+                "optimizer_timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
+                "levels": self.levels, "warnings": list(self.warnings), "conflicts": list(self.conflicts)}
+
+
+# ----------------------------------------------------------------------------------------
+def find_p1_conflicts(goals, masks: dict, voxel_cc: float, max_dose_gy: float | None = None) -> list[str]:
+    """Pairs of P1 goals that cannot both be met, found from volumes alone.
+
+    A minimum goal "at least fraction f1 of T gets >= v1" and a maximum goal "at most
+    fraction f2 of O gets >= v2" with ``v1 > v2`` conflict when the overlap T ∩ O is so
+    large that more than ``f2 |O|`` of its voxels must be covered: ``|T∩O| - (|T| - ceil(f1
+    |T|)) > floor(f2 |O|)``. Same-structure mean goals conflict when min > max. A P1
+    minimum dose above the global maximum-dose limit conflicts with that limit.
+    """
+    p1 = [g for g in goals if g.priority == 1 and g.kind is not GoalKind.ALARA]
+    out = []
+
+    def frac_min(g, n):
+        if g.kind is GoalKind.MIN_DOSE_AT_VOLUME:
+            if g.volume_pct is not None:
+                return g.volume_pct / 100.0
+            return max(1, round(g.volume_cc / voxel_cc)) / n
+        return None
+
+    def frac_max(g, n):
+        if g.kind is GoalKind.MAX_DOSE_AT_VOLUME:
+            if g.volume_pct is not None:
+                return g.volume_pct / 100.0, g.dose_gy
+            return max(1, round(g.volume_cc / voxel_cc)) / n, g.dose_gy
+        if g.kind is GoalKind.MAX_VOLUME_AT_DOSE:
+            return g.volume_pct / 100.0, g.dose_gy
+        return None
+
+    for a in p1:
+        ma = masks.get(a.structure)
+        if ma is None or not ma.any():
+            continue
+        nt = int(ma.sum())
+        if max_dose_gy is not None and a.kind.is_lower_bound and a.dose_gy > max_dose_gy:
+            out.append(f"'{a.label}' asks for more than the global maximum dose of {max_dose_gy:.2f} Gy")
+        for b in p1:
+            if a is b:
+                continue
+            mb = masks.get(b.structure)
+            if mb is None or not mb.any():
+                continue
+            if a.kind is GoalKind.MIN_MEAN and b.kind is GoalKind.MAX_MEAN and a.structure == b.structure:
+                if a.dose_gy > b.dose_gy:
+                    out.append(f"'{a.label}' and '{b.label}' cannot both hold")
+                continue
+            f1 = frac_min(a, nt)
+            fm = frac_max(b, int(mb.sum()))
+            if f1 is None or fm is None:
+                continue
+            f2, v2 = fm
+            if not (a.dose_gy > v2 or (b.kind is GoalKind.MAX_VOLUME_AT_DOSE and a.dose_gy >= v2)):
+                continue
+            no = int(mb.sum())
+            nov = int(np.count_nonzero(ma & mb))
+            must = nov - (nt - int(np.ceil(f1 * nt - 1e-9)))
+            allowed = int(np.floor(f2 * no + 1e-9))
+            if b.kind is GoalKind.MAX_DOSE_AT_VOLUME and b.volume_cc is not None:
+                allowed = max(allowed, 1)
+            if must > allowed:
+                out.append(f"'{a.label}' and '{b.label}' cannot both hold: {nov} voxels lie in both "
+                           f"structures, at least {must} of them must get >= {a.dose_gy:g} Gy, "
+                           f"but at most {allowed} of '{b.structure}' may")
+    return out
+
+
+def _to_scipy_csr(matrix):
+    """torch sparse CSR (any device) -> scipy.sparse.csr_matrix float32."""
+    import scipy.sparse as sp
+    import torch
+
+    m = matrix
+    if m.layout != torch.sparse_csr:
+        m = m.to_sparse_csr()
+    m = m.cpu()
+    return sp.csr_matrix((m.values().numpy().astype(np.float32, copy=False), m.col_indices().numpy(),
+                          m.crow_indices().numpy()), shape=tuple(m.shape))
+
+
+def _from_scipy_csr(csr, device):
+    import torch
+
+    csr = csr.tocsr()
+    csr.sort_indices()
+    return torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
+                                   torch.from_numpy(csr.indices.astype(np.int64)),
+                                   torch.from_numpy(csr.data.astype(np.float32)),
+                                   size=csr.shape, device=device)
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class _Level:
+    priority: int | None                       # None: the final improvement level
+    objective: list                            # [(term_index, value, weight)]
+    constraints: list                          # [(term_index, value)]
+    rho: float
+    final: bool = False
+
+
+class _Problem:
+    """The optimization problem on a row subset of the dose-influence matrix."""
+
+    def __init__(self, dij, goals, masks_dij: dict, rx_by_target: dict, opts: OptimizerOptions, device,
+                 warnings: list):
+        import torch
+
+        self.torch = torch
+        self.opts = opts
+        self.device = device
+        self.goals = list(goals)
+        grid = dij.grid
+        nv = dij.n_voxels
+        voxel_cc = grid.voxel_volume_cc
+        self.rx_max = max(rx_by_target.values())
+        self.max_dose_gy = opts.max_dose_pct / 100.0 * self.rx_max
+
+        # -- which dij rows take part --------------------------------------------------
+        keep = np.zeros(nv, dtype=bool)
+        struct_rows = {}
+        for name in {g.structure for g in goals} | set(rx_by_target):
+            vm = dij.voxel_mask(masks_dij[name])
+            n_out = int(masks_dij[name].sum()) - int(vm.sum())
+            if n_out > 0:
+                warnings.append(f"structure '{name}': {n_out} voxels lie outside the dose calculation "
+                                f"volume (outside the body?) and receive no dose")
+            struct_rows[name] = vm
+            keep |= vm
+        target_rows = np.zeros(nv, dtype=bool)
+        for name in rx_by_target:
+            target_rows |= struct_rows[name]
+        conf_limit = None
+        if opts.conformity is not None:
+            lim, dist = falloff_limits([(masks_dij[t], rx) for t, rx in rx_by_target.items()], grid, opts.conformity)
+            flat_lim = lim.reshape(-1)[dij.voxel_index]
+            flat_dist = dist.reshape(-1)[dij.voxel_index]
+            near = flat_dist <= opts.conformity.max_distance_mm
+            keep |= near
+            conf_limit = flat_lim
+        stride = np.zeros(nv, dtype=bool)
+        stride[::opts.far_stride] = True
+        keep |= stride
+        rows = np.flatnonzero(keep)
+        self.rows = rows
+
+        csr = _to_scipy_csr(dij.matrix)[rows]
+        self.nnz = int(csr.nnz)
+        self.A = _from_scipy_csr(csr, device)
+        self.At = _from_scipy_csr(csr.T.tocsr(), device)
+        self.n_beamlets = csr.shape[1]
+        remap = np.full(nv, -1, dtype=np.int64)
+        remap[rows] = np.arange(rows.size)
+
+        def sub_rows(vm):
+            return torch.from_numpy(remap[np.flatnonzero(vm)]).to(device)
+
+        self.terms = []
+        for g in goals:
+            r = sub_rows(struct_rows[g.structure])
+            if g.kind is GoalKind.ALARA:
+                s = self.rx_max
+            elif g.kind is GoalKind.MAX_VOLUME_AT_DOSE:
+                s = g.dose_gy
+            else:
+                s = max(g.dose_gy, 0.05 * self.rx_max, 1.0)
+            self.terms.append(GoalTerm(g, r, voxel_cc, s))
+        tsub = target_rows[rows]
+        self.n_target = max(1, int(tsub.sum()))
+        if conf_limit is not None:
+            lim_sub = conf_limit[rows]
+            ok = np.isfinite(lim_sub)
+            self.conf_rows = torch.from_numpy(np.flatnonzero(ok)).to(device)
+            self.conf_lim = torch.from_numpy(lim_sub[ok].astype(np.float32)).to(device)
+        else:
+            self.conf_rows = None
+        oar_names = sorted({g.structure for g in goals} - set(rx_by_target))
+        self.oar_rows = [sub_rows(struct_rows[n]) for n in oar_names if struct_rows[n].any()]
+
+        # -- scaling: cold start = uniform fluence giving the highest Rx as mean target dose
+        ones = torch.ones(self.n_beamlets, dtype=torch.float32, device=device)
+        d1 = (self.A @ ones.reshape(-1, 1)).reshape(-1).cpu().numpy()
+        mean_t = float(d1[tsub].mean()) if tsub.any() else 0.0
+        if not mean_t > 0:
+            raise OptimizationError("no beamlet reaches the target(s): check the beams and the isocentre")
+        self.w_ref = self.rx_max / mean_t
+        self.pairs = None
+        if dij.beamlet_beam is not None and dij.beamlet_pos_mm is not None:
+            p = neighbour_pairs(dij.beamlet_beam, dij.beamlet_pos_mm, dij.beamlet_size_mm)
+            if len(p):
+                self.pairs = p
+        self.last = (None, None)
+        self.n_eval = 0
+
+    # -- dose and objective -------------------------------------------------------------
+    def dose(self, x: np.ndarray):
+        torch = self.torch
+        w = torch.from_numpy(np.asarray(x, dtype=np.float32) * np.float32(self.w_ref)).to(self.device)
+        return (self.A @ w.reshape(-1, 1)).reshape(-1)
+
+    def fg(self, x: np.ndarray, level: _Level):
+        torch = self.torch
+        self.n_eval += 1
+        d = self.dose(x).detach().requires_grad_(True)
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        for ti, value, weight in level.objective:
+            total = total + weight * goal_penalty(self.terms[ti], d, value)
+        cons = torch.zeros((), dtype=torch.float32, device=self.device)
+        for ti, value in level.constraints:
+            cons = cons + goal_penalty(self.terms[ti], d, value)
+        hot = torch.relu(d - self.max_dose_gy)
+        cons = cons + (hot ** 2).sum() / (self.max_dose_gy ** 2 * self.n_target)
+        total = total + level.rho * cons
+        if level.final:
+            o = self.opts
+            if self.conf_rows is not None and self.conf_rows.numel():
+                dc = d.index_select(0, self.conf_rows)
+                total = total + o.conformity_weight * (torch.relu(dc - self.conf_lim) ** 2).mean() / self.rx_max ** 2
+            if self.oar_rows:
+                push = sum((d.index_select(0, r) ** 2).mean() for r in self.oar_rows) / len(self.oar_rows)
+                total = total + o.oar_weight * push / self.rx_max ** 2
+        total.backward()
+        g = (self.At @ d.grad.reshape(-1, 1)).reshape(-1).detach().cpu().numpy().astype(np.float64) * self.w_ref
+        f = float(total.detach().cpu())
+        if level.final and self.pairs is not None and self.opts.smooth_weight > 0:
+            diff = x[self.pairs[:, 0]] - x[self.pairs[:, 1]]
+            c = self.opts.smooth_weight / len(self.pairs)
+            f += c * float(diff @ diff)
+            gs = np.zeros_like(x)
+            np.add.at(gs, self.pairs[:, 0], 2 * c * diff)
+            np.add.at(gs, self.pairs[:, 1], -2 * c * diff)
+            g = g + gs
+        self.last = (x.copy(), d.detach())
+        return f, g
+
+    def achieved(self, x: np.ndarray) -> list[float]:
+        d = self.dose(x)
+        return [achieved_torch(t, d) for t in self.terms]
+
+    def max_dose(self, x: np.ndarray) -> float:
+        return float(self.dose(x).max().cpu())
+
+
+def _tighten(goal: ClinicalGoal, value: float, pct: float) -> float:
+    """``value`` moved ``pct`` % into the feasible side of ``goal``."""
+    if goal.kind.is_lower_bound:
+        return value * (1 + pct / 100.0)
+    return value * (1 - pct / 100.0)
+
+
+def _worse(goal: ClinicalGoal, a: float, b: float, tol: float) -> bool:
+    """Is achieved ``a`` worse than ``b`` by more than ``tol``?"""
+    return a < b - tol if goal.kind.is_lower_bound else a > b + tol
+
+
+def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options: OptimizerOptions | None = None,
+                     warm_start: np.ndarray | None = None, device=None, progress=None, cancel=None) -> dict:
+    """Optimize beamlet weights for a goal list on a dose-influence matrix.
+
+    Parameters
+    ----------
+    dij : core.dose.influence.DoseInfluence
+    goals : sequence of ClinicalGoal
+    masks_dij : dict name -> bool ndarray on ``dij.grid`` (every goal structure and target)
+    rx_by_target : dict target name -> prescription (Gy)
+    options : OptimizerOptions
+    warm_start : (n_beamlets,) ndarray, MU, optional
+        Start from this fluence (e.g. the previous plan) instead of a uniform one.
+    device : torch.device, optional (default: the matrix's device)
+    progress, cancel : see :mod:`core.progress`
+
+    Returns
+    -------
+    dict with ``weights`` (MU, float32), ``iterations``, ``levels``, ``warnings``,
+    ``conflicts``, ``max_dose_limit_gy``, ``time_s``. On cancel, :class:`Cancelled` is
+    raised whose ``result`` is this dict for the best fluence so far (the last accepted
+    level, or the current iterate before any level was accepted), with ``cancelled=True``.
+    """
+    import torch
+    from scipy.optimize import Bounds, minimize
+
+    t0 = time.perf_counter()
+    opts = options or OptimizerOptions()
+    goals = list(goals)
+    if not goals:
+        raise InputError("no clinical goals to optimize")
+    if not rx_by_target:
+        raise InputError("no target with a prescription: nothing to plan for")
+    for name in {g.structure for g in goals} | set(rx_by_target):
+        if name not in masks_dij:
+            raise InputError(f"no structure named '{name}' (have: {', '.join(masks_dij) or 'none'})")
+    for t in rx_by_target:
+        if not masks_dij[t].any():
+            raise InputError(f"target '{t}' is empty: it has no voxels on the dose grid")
+    warnings: list[str] = []
+    usable = []
+    for g in goals:
+        if not masks_dij[g.structure].any():
+            warnings.append(f"'{g.label}': structure '{g.structure}' is empty; goal skipped")
+        else:
+            usable.append(g)
+    dev = device if device is not None else dij.matrix.device
+    prob = _Problem(dij, usable, masks_dij, rx_by_target, opts, dev, warnings)
+    conflicts = find_p1_conflicts(usable, masks_dij, dij.grid.voxel_volume_cc, prob.max_dose_gy)
+    n = prob.n_beamlets
+    if warm_start is not None:
+        w0 = np.asarray(warm_start, dtype=np.float64).reshape(-1)
+        if w0.size != n:
+            raise InputError(f"the warm-start fluence has {w0.size} beamlets, this plan has {n}: "
+                             "beams or beamlets changed, start cold")
+        if not np.all(np.isfinite(w0)) or (w0 < 0).any():
+            raise InputError("the warm-start fluence holds negative or non-finite weights")
+        x = w0 / prob.w_ref
+    else:
+        x = np.ones(n)
+    bounds = Bounds(np.zeros(n), np.full(n, np.inf))
+
+    priorities = sorted({g.priority for g in usable})
+    est_total = opts.level_maxiter * len(priorities) + opts.final_maxiter
+    state = {"it": 0, "best": None, "x": x.copy()}
+
+    def run_level(level: _Level, x_start: np.ndarray, maxiter: int):
+        nit = [0]
+
+        def cb(xk):
+            nit[0] += 1
+            state["it"] += 1
+            state["x"] = np.asarray(xk).copy()
+            met = None
+            lx, ld = prob.last
+            if lx is not None and np.array_equal(lx, xk):
+                met = sum(1 for t in prob.terms
+                          if t.goal.kind is not GoalKind.ALARA and is_met(t.goal, achieved_torch(t, ld)))
+            report(progress, min(state["it"], est_total), est_total,
+                   "final" if level.final else f"priority {level.priority}",
+                   iteration=state["it"], objective=float(cb.f), goals_met=met if met is not None else -1)
+            if cancel is not None and cancel.cancelled:
+                raise _Stop
+
+        def fun(xx):
+            f, g = prob.fg(xx, level)
+            cb.f = f
+            return f, g
+
+        cb.f = float("nan")
+        try:
+            res = minimize(fun, x_start, jac=True, method="L-BFGS-B", bounds=bounds, callback=cb,
+                           options={"maxiter": maxiter, "ftol": opts.ftol, "gtol": 1e-10, "maxcor": 20})
+        except _Stop:
+            raise
+        return np.clip(res.x, 0, None), nit[0]
+
+    levels_log = []
+    constraints: list = []      # (term index, value, was_met, achieved_then)
+    try:
+        for prio in priorities + [None]:
+            check_cancel(cancel)
+            tl = time.perf_counter()
+            final = prio is None
+            obj = []
+            if not final:
+                for i, t in enumerate(prob.terms):
+                    if t.goal.priority == prio:
+                        v = None if t.goal.kind is GoalKind.ALARA else _tighten(t.goal, t.goal.value, opts.margin_pct)
+                        obj.append((i, v, 1.0))
+            if not final and not obj:
+                continue
+            rho = opts.constraint_weight
+            before = prob.achieved(x)
+            level = _Level(prio, obj, [(i, v) for i, v, _, _ in constraints], rho, final)
+            x_new, nit = run_level(level, x, opts.final_maxiter if final else opts.level_maxiter)
+            repairs = 0
+            accepted = True
+            while True:
+                ach = prob.achieved(x_new)
+                broken = [i for i, v, was_met, _ in constraints if was_met and not is_met(prob.terms[i].goal, ach[i])]
+                worse = [i for i, v, was_met, a0 in constraints if not was_met and prob.terms[i].goal.kind is not GoalKind.ALARA
+                         and _worse(prob.terms[i].goal, ach[i], before[i],
+                                    opts.unmet_slack_pct / 100.0 * max(abs(before[i]), 1e-3))]
+                if not broken and not worse:
+                    break
+                if repairs >= opts.max_repairs:
+                    if broken:
+                        accepted = False
+                        x_new = x
+                        warnings.append(f"level {'final' if final else f'P{prio}'}: could not keep "
+                                        f"{', '.join(prob.terms[i].goal.label for i in broken)} met; "
+                                        "that level's changes were rejected")
+                    break
+                repairs += 1
+                level.rho *= 10.0
+                x_new, nit2 = run_level(level, x_new, max(20, opts.level_maxiter // 3))
+                nit += nit2
+            x = x_new
+            state["best"] = x.copy()
+            ach = prob.achieved(x)
+            if not final:
+                for i, v, _ in obj:
+                    t = prob.terms[i]
+                    if t.goal.kind is GoalKind.ALARA:
+                        constraints.append((i, ach[i] * (1 + opts.alara_slack_pct / 100.0), False, ach[i]))
+                    elif is_met(t.goal, ach[i]):
+                        constraints.append((i, _tighten(t.goal, t.goal.value, opts.margin_pct), True, ach[i]))
+                    else:
+                        constraints.append((i, ach[i], False, ach[i]))
+            levels_log.append({"priority": prio if prio is not None else "final", "iterations": nit,
+                               "time_s": round(time.perf_counter() - tl, 3), "accepted": accepted,
+                               "repairs": repairs})
+    except (_Stop, Cancelled):
+        xb = state["best"] if state["best"] is not None else np.clip(state["x"], 0, None)
+        out = _pack(prob, xb, state, levels_log, warnings, conflicts, t0, cancelled=True)
+        raise Cancelled(result=out) from None
+    return _pack(prob, x, state, levels_log, warnings, conflicts, t0, cancelled=False)
+
+
+def _pack(prob, x, state, levels_log, warnings, conflicts, t0, cancelled):
+    w = (np.clip(x, 0, None) * prob.w_ref).astype(np.float32)
+    return {"weights": w, "iterations": state["it"], "levels": levels_log, "warnings": warnings,
+            "conflicts": conflicts, "max_dose_limit_gy": prob.max_dose_gy, "time_s": time.perf_counter() - t0,
+            "cancelled": cancelled, "n_rows": int(prob.rows.size), "nnz": prob.nnz, "evaluations": prob.n_eval}
+
+
+# ----------------------------------------------------------------------------------------
+def prescriptions_for(patient, goals) -> dict:
+    """Target name -> prescription (Gy): the patient's prescriptions, else the highest
+    minimum-dose goal on each target structure."""
+    from core.patient import StructureRole
+
+    rx = {}
+    for p in patient.prescriptions:
+        if p.structure in patient.structures:
+            rx[p.structure] = max(rx.get(p.structure, 0.0), float(p.dose_gy))
+    if rx:
+        return rx
+    for g in goals:
+        s = patient.structures.get(g.structure)
+        if s is not None and s.role is StructureRole.TARGET and g.kind.is_lower_bound:
+            rx[g.structure] = max(rx.get(g.structure, 0.0), float(g.dose_gy))
+    if not rx:
+        for g in goals:
+            if g.kind.is_lower_bound and g.priority == 1:
+                rx[g.structure] = max(rx.get(g.structure, 0.0), float(g.dose_gy))
+    return rx
+
+
+def optimize_plan(patient, goals, dij, *, options: OptimizerOptions | None = None, warm_start=None,
+                  device=None, progress=None, cancel=None) -> OptimizationResult:
+    """Optimize a plan for ``patient`` and evaluate every goal on the patient grid.
+
+    Parameters
+    ----------
+    patient : core.patient.Patient
+    goals : sequence of ClinicalGoal (structure names as in the patient)
+    dij : core.dose.influence.DoseInfluence for the plan's beams
+    options : OptimizerOptions, optional
+    warm_start : (n_beamlets,) ndarray (MU) or OptimizationResult, optional
+    device : str or torch.device, optional ("cpu", "cuda", "auto"; default: the matrix's device)
+    progress, cancel : see :mod:`core.progress`
+
+    Returns
+    -------
+    OptimizationResult
+        On cancel, :class:`Cancelled` is raised with ``result`` an OptimizationResult
+        (``cancelled=True``) for the best fluence so far.
+    """
+    from core.geometry import resample_to_grid
+
+    t0 = time.perf_counter()
+    goals = list(goals)
+    if not goals:
+        raise InputError("no clinical goals given")
+    for g in goals:
+        if g.structure not in patient.structures:
+            raise InputError(f"'{g.label}': the patient has no structure named '{g.structure}' "
+                             f"(have: {', '.join(patient.structures) or 'none'})")
+    rx = prescriptions_for(patient, goals)
+    if not rx:
+        raise InputError("no target: give a prescription or a P1 minimum-dose goal on a target")
+    for t in rx:
+        if patient.structures[t].is_empty:
+            raise InputError(f"target '{t}' is empty (no voxels)")
+    same = dij.grid.same_as(patient.grid)
+    masks_dij = {}
+    for name in {g.structure for g in goals} | set(rx):
+        m = patient.structures[name].mask
+        masks_dij[name] = m if same else resample_to_grid(m.astype(np.uint8), patient.grid, dij.grid, order=0) > 0
+    import torch
+
+    if isinstance(device, str):
+        from core.device import resolve_device
+
+        device = resolve_device(device)
+    dev = device if device is not None else dij.matrix.device
+    warm = warm_start.weights if isinstance(warm_start, OptimizationResult) else warm_start
+    t1 = time.perf_counter()
+
+    def pack_result(out: dict) -> OptimizationResult:
+        w = out["weights"]
+        dose = dij.dose_on_grid(torch.as_tensor(w))
+        if not same:
+            dose = resample_to_grid(dose, dij.grid, patient.grid, order=1)
+        masks = {n: s.mask for n, s in patient.structures.items()}
+        results = evaluate_goals(goals, dose, masks, patient.grid.voxel_volume_cc)
+        p1 = [r for r in results if r.goal.priority == 1 and r.met is not None]
+        total = time.perf_counter() - t0
+        return OptimizationResult(
+            weights=w, dose_gy=dose.astype(np.float32), grid=patient.grid, goal_results=results,
+            all_p1_met=all(r.met for r in p1), iterations=out["iterations"],
+            timings_s={"prepare": t1 - t0, "optimize": out["time_s"], "total": total},
+            levels=out["levels"], max_dose_gy=float(dose.max()), max_dose_limit_gy=out["max_dose_limit_gy"],
+            warm_start=warm is not None, cancelled=out["cancelled"], warnings=out["warnings"],
+            conflicts=out["conflicts"], device=str(dev))
+
+    try:
+        out = optimize_fluence(dij, goals, masks_dij, rx, options=options, warm_start=warm, device=dev,
+                               progress=progress, cancel=cancel)
+    except Cancelled as exc:
+        if isinstance(exc.result, dict):
+            raise Cancelled(result=pack_result(exc.result)) from None
+        raise
+    return pack_result(out)

@@ -1,0 +1,153 @@
+"""Differentiable penalties: one per clinical goal, plus conformity, maximum dose, smoothness.
+
+Every goal penalty ``P(d)`` is dimensionless (dose differences divided by the goal's
+own dose scale ``s``), **zero exactly when the goal is met** and positive otherwise, so
+that a penalty can serve both as an objective (at its own priority level) and as a
+constraint (``P == 0``) at lower levels. Doses ``d`` are the structure's voxel doses.
+
+Dose-volume goals (``Dx <= v``, ``Dx >= v``) are not differentiable as such: ``Dx`` is a
+percentile. We use the classic dose-volume surrogate of Bortfeld, Stein & Preiser
+(Proc. XIIth ICCR 1997; also Wu & Mohan, Med. Phys. 27:701, 2000) plus the percentile
+itself::
+
+    Dx <= v:   P = relu(Dx - v)^2 / s^2 + mean_i( relu(d_i - v)^2 * [d_i <= Dx] ) / s^2
+    Dx >= v:   P = relu(v - Dx)^2 / s^2 + mean_i( relu(v - d_i)^2 * [d_i >= Dx] ) / s^2
+
+The second term acts on the voxels that are above the limit but *not* among the hottest
+x % that are allowed to be there (the cheapest ones to fix), which is what gives useful
+gradients to many voxels; the indicator is held fixed while differentiating, as in the
+original method. The first term (``torch.quantile``, linear interpolation as
+``np.percentile``) makes the penalty vanish exactly when the goal is met: if ``Dx <= v``
+no voxel lies in ``(v, Dx]``; if ``Dx > v`` the first term is positive.
+
+``V(x Gy) <= y %`` counts voxels: with ``n`` voxels at most ``m = floor(y n / 100)`` may
+receive ``>= x``. The voxels at or above ``x`` beyond the ``m`` hottest are penalised by
+``(d_i - x + delta)^2`` with ``delta = 0.5 % of x``, so that a voxel sitting exactly on
+``x`` (which counts as ``>= x``) is still pushed below it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.goals.evaluate import cc_percentile
+from core.goals.goal import ClinicalGoal, GoalKind
+
+#: Relative push below the dose level of a ``Vx`` goal (see module docstring).
+VX_DELTA_FRACTION = 0.005
+
+
+@dataclass(eq=False)
+class GoalTerm:
+    """A goal bound to its voxels (rows of the optimizer's dose vector).
+
+    Parameters
+    ----------
+    goal : ClinicalGoal
+    rows : torch.LongTensor
+        Indices into the dose vector of the structure's voxels.
+    voxel_cc : float
+        Voxel volume of the dose grid (for ``Dv cc`` goals).
+    scale_gy : float
+        Dose normalisation ``s`` (Gy).
+    """
+
+    goal: ClinicalGoal
+    rows: object
+    voxel_cc: float
+    scale_gy: float
+
+    @property
+    def n(self) -> int:
+        return int(self.rows.numel())
+
+    def quantile_q(self) -> float:
+        """The percentile (0..1) that is ``Dx`` of this goal."""
+        g = self.goal
+        if g.volume_pct is not None:
+            return (100.0 - g.volume_pct) / 100.0
+        return cc_percentile(g.volume_cc, self.n, self.voxel_cc) / 100.0
+
+
+def goal_penalty(term: GoalTerm, dose, value: float | None = None):
+    """Penalty of one goal (torch scalar) for the dose vector ``dose`` (Gy).
+
+    ``value`` overrides the goal's value (Gy, or % for ``max_volume_at_dose``): the
+    optimizer uses it to add a safety margin or to hold a goal at what was achieved.
+    """
+    import torch
+
+    g = term.goal
+    d = dose.index_select(0, term.rows)
+    s = term.scale_gy
+    v = g.value if value is None else value
+    k = g.kind
+    if k is GoalKind.ALARA:
+        return (d.mean() / s) ** 2
+    if k is GoalKind.MAX_MEAN:
+        return torch.relu(d.mean() - v) ** 2 / s ** 2
+    if k is GoalKind.MIN_MEAN:
+        return torch.relu(v - d.mean()) ** 2 / s ** 2
+    if k is GoalKind.MAX_DOSE_AT_VOLUME:
+        dq = torch.quantile(d, term.quantile_q())
+        sel = (d <= dq.detach()).to(d.dtype)
+        return (torch.relu(dq - v) ** 2 + (torch.relu(d - v) ** 2 * sel).mean()) / s ** 2
+    if k is GoalKind.MIN_DOSE_AT_VOLUME:
+        dq = torch.quantile(d, term.quantile_q())
+        sel = (d >= dq.detach()).to(d.dtype)
+        return (torch.relu(v - dq) ** 2 + (torch.relu(v - d) ** 2 * sel).mean()) / s ** 2
+    if k is GoalKind.MAX_VOLUME_AT_DOSE:
+        x = g.dose_gy
+        n = d.numel()
+        m = int(np.floor(v * n / 100.0 + 1e-9))
+        ds, _ = torch.sort(d, descending=True)
+        rest = ds[m:]
+        over = (rest >= x).to(d.dtype)
+        return ((rest - x + VX_DELTA_FRACTION * x) ** 2 * over).sum() / n / s ** 2
+    raise ValueError(f"no penalty for goal kind {k}")
+
+
+def achieved_torch(term: GoalTerm, dose) -> float:
+    """The goal's achieved value on the optimizer's voxels (same convention as evaluation)."""
+    import torch
+
+    g = term.goal
+    d = dose.index_select(0, term.rows).detach().double()
+    if g.kind in (GoalKind.MIN_DOSE_AT_VOLUME, GoalKind.MAX_DOSE_AT_VOLUME):
+        return float(torch.quantile(d, term.quantile_q()))
+    if g.kind is GoalKind.MAX_VOLUME_AT_DOSE:
+        return float(100.0 * (d >= g.dose_gy).sum() / d.numel())
+    return float(d.mean())
+
+
+def overdose_penalty(dose, limit_gy, rows=None, norm: float = 1.0):
+    """``sum relu(d_i - limit_i)^2 / norm`` (limit scalar or per-voxel tensor)."""
+    import torch
+
+    d = dose if rows is None else dose.index_select(0, rows)
+    return (torch.relu(d - limit_gy) ** 2).sum() / norm
+
+
+def neighbour_pairs(beamlet_beam: np.ndarray, beamlet_pos_mm: np.ndarray, size_mm) -> np.ndarray:
+    """(P, 2) int index pairs of beamlets adjacent in the same beam (4-neighbourhood).
+
+    Used by the smoothness term ``sum (w_i - w_j)^2``, which keeps the fluence deliverable
+    (fewer MLC segments, fewer MU) without biasing its mean.
+    """
+    pos = np.asarray(beamlet_pos_mm, dtype=float)
+    size = np.asarray(size_mm, dtype=float).reshape(-1)
+    if size.size == 1:
+        size = np.repeat(size, 2)
+    ij = np.round(pos[:, :2] / size[:2]).astype(np.int64)
+    key = {}
+    for n, (b, i, j) in enumerate(zip(np.asarray(beamlet_beam), ij[:, 0], ij[:, 1])):
+        key[(int(b), int(i), int(j))] = n
+    pairs = []
+    for (b, i, j), n in key.items():
+        for di, dj in ((1, 0), (0, 1)):
+            m = key.get((b, i + di, j + dj))
+            if m is not None:
+                pairs.append((n, m))
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
