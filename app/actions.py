@@ -1,0 +1,161 @@
+"""The workstation's actions as data: one table builds the menus and the toolbar.
+
+Each :class:`ActionSpec` names its handler as a dotted path on the workstation object
+(``"patients.open_dialog"``), so the table holds no Qt objects and no logic, and a test can
+check every handler exists. ``enabled_when`` names a predicate of the session state
+(:data:`ENABLED_WHEN`); :func:`update_enabled` re-evaluates them whenever the state changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+
+from widgets.icons import icon
+
+MENUS = ("&File", "&View", "&Plan", "&Help")
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """One user action.
+
+    Attributes
+    ----------
+    id : str
+        Stable key (also the QAction objectName).
+    text : str
+        Menu text with its mnemonic.
+    menu : str
+        One of :data:`MENUS`.
+    handler : str
+        Dotted path of a callable on the workstation, called without arguments.
+    icon : str, optional
+        Icon role (:mod:`widgets.icons`).
+    shortcut : str, optional
+        Portable key sequence text.
+    toolbar : bool
+        Also on the main toolbar.
+    enabled_when : str
+        Key of :data:`ENABLED_WHEN`.
+    group : str, optional
+        Exclusive checkable group (window presets, dose display, theme).
+    tip : str
+        Status/tool tip.
+    separator_before : bool
+        Start a new section in the menu (and toolbar).
+    """
+
+    id: str
+    text: str
+    menu: str
+    handler: str
+    icon: str | None = None
+    shortcut: str | None = None
+    toolbar: bool = False
+    enabled_when: str = "always"
+    group: str | None = None
+    tip: str = ""
+    separator_before: bool = False
+
+
+ENABLED_WHEN = {
+    "always": lambda st: True,
+    "patient": lambda st: st["has_patient"],
+    "dose": lambda st: st["has_dose"],
+    "idle_patient": lambda st: st["has_patient"] and not st["busy"],
+    "busy": lambda st: st["busy"],
+}
+
+ACTIONS: tuple[ActionSpec, ...] = (
+    ActionSpec("file.open", "&Open patient…", "&File", "patients.open_dialog", "open", "Ctrl+O", True,
+               tip="Open a DICOM folder, an OpenKBP case (.npz) or a phantom"),
+    ActionSpec("file.open_dose", "Open &dose…", "&File", "patients.open_dose_dialog", "open_dose", "Ctrl+D",
+               enabled_when="idle_patient", tip="Add a DOSE .npz or RTDOSE file as a plan to compare"),
+    ActionSpec("file.open_goals", "Open &goals…", "&File", "patients.open_goals_dialog", None, "Ctrl+G",
+               enabled_when="patient", tip="Load a GOALS .json file: markers on the DVH"),
+    ActionSpec("file.screenshot", "Save &screenshot…", "&File", "window.save_screenshot_dialog", "screenshot",
+               "Ctrl+Shift+S", separator_before=True),
+    ActionSpec("file.quit", "&Quit", "&File", "window.close", "quit", "Ctrl+Q", separator_before=True),
+
+    ActionSpec("view.wl_soft", "&Soft-tissue window", "&View", "display.preset_soft_tissue", "soft_tissue",
+               "Ctrl+1", True, "patient", "window", "Window 400 / level 40 HU"),
+    ActionSpec("view.wl_lung", "&Lung window", "&View", "display.preset_lung", "lung", "Ctrl+2", True,
+               "patient", "window", "Window 1500 / level -600 HU"),
+    ActionSpec("view.wl_bone", "&Bone window", "&View", "display.preset_bone", "bone", "Ctrl+3", True,
+               "patient", "window", "Window 1800 / level 400 HU"),
+    ActionSpec("view.dose_lines", "&Isodose lines", "&View", "display.dose_isodose", "isodose", "Ctrl+I", True,
+               "dose", "dose", "Show the dose as isodose lines", separator_before=True),
+    ActionSpec("view.dose_wash", "Dose colour &wash", "&View", "display.dose_wash", "wash", "Ctrl+Shift+I", True,
+               "dose", "dose", "Show the dose as a colour wash"),
+    ActionSpec("view.dose_off", "&Hide dose", "&View", "display.dose_off", None, "Ctrl+H", False, "dose", "dose"),
+    ActionSpec("view.reset", "&Reset zoom", "&View", "display.reset_views", "reset_view", "Ctrl+0", True, "patient",
+               tip="Fit the body in every view", separator_before=True),
+    ActionSpec("view.theme_dark", "&Dark theme", "&View", "window.use_dark_theme", None, None, False, "always",
+               "theme", separator_before=True),
+    ActionSpec("view.theme_light", "Li&ght theme", "&View", "window.use_light_theme", None, None, False, "always",
+               "theme"),
+
+    ActionSpec("plan.run", "&Run automated plan", "&Plan", "planning.run_plan", "plan", "Ctrl+R", True,
+               "idle_patient", tip="Predict, set goals, optimise and compute the final dose", separator_before=True),
+    ActionSpec("plan.cancel", "&Cancel task", "&Plan", "planning.cancel", "cancel", "Ctrl+.", True, "busy",
+               tip="Stop the running task; the last good result is kept"),
+
+    ActionSpec("help.about", "&About OpenATP", "&Help", "window.show_about", "about"),
+)
+
+
+def resolve(root, path: str):
+    """``resolve(ws, "patients.open_dialog")`` -> the bound callable."""
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_actions(root, parent, specs=ACTIONS) -> dict:
+    """Create a QAction per spec, wired to its handler on ``root``; returns ``{id: QAction}``."""
+    actions, groups = {}, {}
+    for spec in specs:
+        a = QAction(spec.text, parent)
+        a.setObjectName(spec.id)
+        if spec.icon:
+            a.setIcon(icon(spec.icon))
+        if spec.shortcut:
+            a.setShortcut(QKeySequence(spec.shortcut))
+        tip = spec.tip or spec.text.replace("&", "").rstrip("…")
+        if spec.shortcut:
+            tip = f"{tip} ({QKeySequence(spec.shortcut).toString(QKeySequence.SequenceFormat.NativeText)})"
+        a.setToolTip(tip)
+        a.setStatusTip(tip)
+        if spec.group:
+            a.setCheckable(True)
+            groups.setdefault(spec.group, QActionGroup(parent)).addAction(a)
+        handler = resolve(root, spec.handler)
+        a.triggered.connect(lambda _checked=False, h=handler: h())
+        actions[spec.id] = a
+    return actions
+
+
+def populate(menubar, toolbar, actions: dict, specs=ACTIONS) -> dict:
+    """Fill ``menubar`` and ``toolbar`` from the table; returns ``{menu title: QMenu}``."""
+    menus = {title: menubar.addMenu(title) for title in MENUS}
+    first_in_toolbar = True
+    for spec in specs:
+        menu = menus[spec.menu]
+        if spec.separator_before and not menu.isEmpty():
+            menu.addSeparator()
+        menu.addAction(actions[spec.id])
+        if spec.toolbar and toolbar is not None:
+            if spec.separator_before and not first_in_toolbar:
+                toolbar.addSeparator()
+            toolbar.addAction(actions[spec.id])
+            first_in_toolbar = False
+    return menus
+
+
+def update_enabled(actions: dict, state: dict, specs=ACTIONS) -> None:
+    """Enable each action whose ``enabled_when`` predicate holds for ``state``."""
+    for spec in specs:
+        actions[spec.id].setEnabled(bool(ENABLED_WHEN[spec.enabled_when](state)))

@@ -1,0 +1,249 @@
+"""The Qt application: QApplication, theme, settings, error dialogs, and the workstation
+object that owns the session, the task runner, the window and the controllers.
+
+``run_gui(patient=..., screenshot=...)`` is what ``openatp gui`` calls. With
+``screenshot`` it loads the patient, waits for every task (load, DVHs) to finish, renders
+the window, writes the PNG and exits; a load error then ends the run with the typed error
+(the CLI prints it on one line and exits 2).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+
+import widgets  # noqa: F401  (applies the PySide6 reference-count work-around first)
+from PySide6.QtCore import QObject, QSettings, Qt, QTimer, qInstallMessageHandler
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from app import actions as action_table
+from app.session import Session
+from app.workers import TaskRunner
+from core.errors import Cancelled, OpenATPError
+from widgets.theme import THEMES, apply_theme
+from widgets.viewer_model import ViewerModel
+
+ORGANISATION = "OpenATP"
+APPLICATION = "OpenATP Workstation"
+
+
+def make_settings() -> QSettings:
+    """Settings store; ``OPENATP_SETTINGS_DIR`` redirects it (tests, kiosks) to an ini file."""
+    d = os.environ.get("OPENATP_SETTINGS_DIR")
+    if d:
+        return QSettings(os.path.join(d, "openatp.ini"), QSettings.Format.IniFormat)
+    return QSettings(ORGANISATION, APPLICATION)
+
+
+_QUIET = ("This plugin does not support propagateSizeHints()",)
+
+
+def _qt_message_handler(mode, context, message):
+    # The offscreen platform reports harmless "not supported" notes; everything else is
+    # passed on as Qt would print it.
+    if not any(q in message for q in _QUIET):
+        sys.stderr.write(message + "\n")
+
+
+def ensure_qapp(argv=None) -> QApplication:
+    app = QApplication.instance()
+    if app is None:
+        qInstallMessageHandler(_qt_message_handler)
+        QApplication.setAttribute(Qt.ApplicationAttribute.AA_ShareOpenGLContexts)  # VTK + Qt docks
+        app = QApplication(list(argv or [sys.argv[0]]))
+    app.setOrganizationName(ORGANISATION)
+    app.setApplicationName(APPLICATION)
+    return app
+
+
+def error_text(exc: BaseException) -> tuple[str, str]:
+    """(message for the planner, details) of an exception."""
+    if isinstance(exc, OpenATPError):
+        return str(exc), ""
+    details = getattr(exc, "__traceback_text__", None) or "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return (f"An unexpected error stopped this task ({type(exc).__name__}: {exc}). "
+            "Your data is unchanged. Please report it with the details below."), details
+
+
+class Workstation(QObject):
+    """Session, runner, viewer model, window and controllers, wired together.
+
+    The action table's handler paths are resolved on this object: ``patients.*``,
+    ``display.*``, ``planning.*`` and ``window.*``.
+    """
+
+    def __init__(self, headless: bool = False, settings: QSettings | None = None, theme: str | None = None):
+        super().__init__()
+        from app.controllers.display import DisplayController
+        from app.controllers.patients import PatientController
+        from app.controllers.planning import PlanningController
+        from app.main_window import MainWindow
+
+        self.headless = headless  # no modal dialogs: errors are collected and printed
+        self.errors: list[BaseException] = []
+        self.settings = settings if settings is not None else make_settings()
+        self.app = QApplication.instance()
+        self.theme = apply_theme(self.app, theme or str(self.settings.value("theme", "dark")))
+        self.session = Session(self)
+        self.runner = TaskRunner(self)
+        self.viewer_model = ViewerModel(self)
+        self.window = MainWindow(self.viewer_model)
+        self.patients = PatientController(self)
+        self.display = DisplayController(self)
+        self.planning = PlanningController(self)
+        self.actions = action_table.build_actions(self, self.window)
+        self.window.install_actions(self.actions)
+        self.actions[f"view.theme_{self.theme}"].setChecked(True)
+        self.actions["view.wl_soft"].setChecked(True)
+        self.actions["view.dose_lines"].setChecked(True)
+        self.window.themeChanged.connect(self._on_theme_changed)
+        self.window.closing.connect(self._on_closing)
+        self.window.task_progress.cancelRequested.connect(self.runner.cancel_all)
+        self.runner.started.connect(self._on_task_started)
+        self.runner.busyChanged.connect(lambda _b: self.update_actions())
+        self.session.changed.connect(lambda _w: self.update_actions())
+        self.viewer_model.windowLevelChanged.connect(self._sync_window_actions)
+        self.window.set_status(device="not probed", patient="no patient", plan="")
+        self.update_actions()
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"has_patient": self.session.has_patient,
+                "has_dose": self.viewer_model.dose_gy is not None,
+                "busy": self.runner.busy}
+
+    def update_actions(self) -> None:
+        action_table.update_enabled(self.actions, self.state())
+
+    def _sync_window_actions(self, window: float, level: float) -> None:
+        from widgets.viewer_model import WINDOW_PRESETS
+
+        ids = {"soft tissue": "view.wl_soft", "lung": "view.wl_lung", "bone": "view.wl_bone"}
+        match = next((ids[k] for k, wl in WINDOW_PRESETS.items() if k in ids and wl == (window, level)), None)
+        for i in ids.values():
+            self.actions[i].setChecked(i == match)
+
+    def _on_task_started(self, task) -> None:
+        tp = self.window.task_progress
+        tp.start(task.name)
+        task.progress.connect(tp.on_progress)
+        task.done.connect(lambda: None if self.runner.busy else tp.reset())
+
+    def _on_theme_changed(self, name: str) -> None:
+        self.theme = name
+        self.settings.setValue("theme", name)
+
+    def _on_closing(self) -> None:
+        if not self.headless:
+            self.window.save_layout(self.settings)
+            self.settings.sync()
+        self.runner.shutdown()
+
+    # -- device ---------------------------------------------------------------------------------
+    def probe_device(self, spec: str = "auto") -> None:
+        """Find CPU/GPU on a worker (importing torch takes a second; never on the GUI thread)."""
+        def probe(progress=None, cancel=None):
+            from core.device import device_name, resolve_device
+
+            return device_name(resolve_device(spec))
+
+        def done(name):
+            self.window.set_status(device=name.replace("cuda", "GPU").replace("cpu", "CPU"))
+
+        self.runner.run("Checking compute device", probe, on_success=done,
+                        on_failure=lambda e: self.window.set_status(device=f"unavailable ({e})"))
+
+    # -- messages -------------------------------------------------------------------------------
+    def notify(self, text: str) -> None:
+        """A warning the planner should see, without stopping the work."""
+        if self.headless:
+            print(f"openatp: warning: {text}", file=sys.stderr)
+        self.window.statusBar().showMessage(text, 8000)
+
+    def show_error(self, exc: BaseException, title: str = "OpenATP") -> None:
+        """The one place errors reach the planner: typed errors in their words, the rest with details."""
+        if isinstance(exc, Cancelled):
+            self.window.statusBar().showMessage("cancelled", 4000)
+            return
+        self.errors.append(exc)
+        message, details = error_text(exc)
+        if self.headless:
+            return  # run_gui re-raises the first error: the CLI prints it once and exits 2
+        box = QMessageBox(QMessageBox.Icon.Warning if isinstance(exc, OpenATPError) else QMessageBox.Icon.Critical,
+                          title, message, QMessageBox.StandardButton.Ok, self.window)
+        if details:
+            box.setDetailedText(details)
+        box.open()  # window-modal, does not block the event loop
+
+
+def run_gui(patient: str | None = None, screenshot: str | None = None, phantom_file=None,
+            theme: str | None = None, size=(1600, 1000), panel: str | None = None, device: str = "auto") -> int:
+    """Open the workstation (``openatp gui``); see the module docstring."""
+    t0 = time.perf_counter()
+    app = ensure_qapp()
+    headless = screenshot is not None
+    ws = Workstation(headless=headless, theme=theme)
+    win = ws.window
+    if headless:
+        win.resize(*size)  # reproducible screenshots: no saved layout
+    elif not win.restore_layout(ws.settings):
+        win.resize(*size)
+    if panel == "3d":
+        win.volume_dock.raise_()
+    previous_hook = sys.excepthook
+
+    def excepthook(etype, value, tb):
+        # Exceptions escaping a slot land here: show them, keep the application alive.
+        value.__traceback_text__ = "".join(traceback.format_exception(etype, value, tb))
+        ws.show_error(value, "Unexpected error")
+
+    sys.excepthook = excepthook
+    win.show()
+    if patient:
+        ws.patients.load(patient, phantom_file=phantom_file)
+    exit_code = {"rc": 0}
+    if headless:
+        def finish():
+            if ws.runner.busy:
+                return  # the next busyChanged(False) calls again
+            try:
+                ws.runner.busyChanged.disconnect(on_idle)
+            except (RuntimeError, TypeError):
+                pass
+            if ws.errors:
+                exit_code["rc"] = 2
+                app.quit()
+                return
+            # One more turn of the event loop so the last DVH/dose updates are painted
+            # (and, on a real display, VTK has rendered).
+            QTimer.singleShot(300 if panel == "3d" else 50, shoot)
+
+        def shoot():
+            win.save_png(screenshot)
+            print(f"openatp: screenshot {screenshot} ({time.perf_counter() - t0:.2f} s after start)", file=sys.stderr)
+            app.quit()
+
+        def on_idle(busy):
+            if not busy:
+                finish()
+
+        ws.runner.busyChanged.connect(on_idle)
+        if not ws.runner.busy:
+            QTimer.singleShot(0, finish)
+    # Probe CPU/GPU for the status bar once the first frame is up (torch import is slow).
+    QTimer.singleShot(200, lambda: ws.probe_device(device))
+    app.exec()
+    sys.excepthook = previous_hook
+    ws.runner.shutdown()
+    if headless and ws.errors:
+        err = ws.errors[0]
+        if isinstance(err, OpenATPError):
+            raise err
+        raise RuntimeError(error_text(err)[0])
+    return exit_code["rc"]
+
+
+__all__ = ["Workstation", "run_gui", "ensure_qapp", "make_settings", "error_text", "THEMES"]

@@ -1,0 +1,168 @@
+"""The main window: central CT viewer, docked panels, menus, toolbar, status bar.
+
+It composes widgets and lays them out; what the actions do lives in the controllers
+(:mod:`app.controllers`). Dock objects carry stable object names so that Qt can save and
+restore the layout (``saveState`` / ``restoreState``).
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt, Signal
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow,
+                               QMessageBox, QToolBar)
+
+from app import actions as action_table
+from core import __version__
+from widgets.ct_viewer import CtViewer
+from widgets.dvh_panel import DvhPanel
+from widgets.icons import icon
+from widgets.structure_list import StructureList
+from widgets.task_progress import TaskProgress
+from widgets.theme import apply_theme
+from widgets.volume_view import VolumeView
+
+LAYOUT_VERSION = 1  # bump when docks change, so an old saved layout is ignored
+
+
+class MainWindow(QMainWindow):
+    """The workstation window.
+
+    Signals
+    -------
+    themeChanged(str)
+        The planner picked ``dark`` or ``light``.
+    closing()
+        The window is about to close (save settings, stop tasks).
+    """
+
+    themeChanged = Signal(str)
+    closing = Signal()
+
+    def __init__(self, viewer_model, parent=None):
+        super().__init__(parent)
+        self.viewer_model = viewer_model
+        self.actions: dict = {}
+        self._setup_ui()
+
+    def _setup_ui(self) -> None:
+        self.setWindowTitle("OpenATP")
+        self.setDockNestingEnabled(True)
+        self.viewer = CtViewer(self.viewer_model)
+        self.setCentralWidget(self.viewer)
+
+        self.structure_list = StructureList(self.viewer_model)
+        self.dvh_panel = DvhPanel()
+        self.volume_view = VolumeView()
+        self.structure_dock = self._dock("Structures", "dock.structures", self.structure_list,
+                                         Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.dvh_dock = self._dock("DVH", "dock.dvh", self.dvh_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.volume_dock = self._dock("3D", "dock.volume", self.volume_view, Qt.DockWidgetArea.RightDockWidgetArea)
+        # 3D sits behind the DVH tab: VTK starts only when the planner looks at it, which
+        # keeps window start-up fast (pyvista/VTK alone take about a second to import).
+        self.tabifyDockWidget(self.dvh_dock, self.volume_dock)
+        self.dvh_dock.raise_()
+        self.resizeDocks([self.structure_dock, self.dvh_dock], [270, 520], Qt.Orientation.Horizontal)
+
+        self.toolbar = QToolBar("Main toolbar")
+        self.toolbar.setObjectName("toolbar.main")
+        self.toolbar.setMovable(True)
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.toolbar)
+
+        sb = self.statusBar()
+        self.task_progress = TaskProgress()
+        sb.addWidget(self.task_progress, 1)
+        self.device_label = QLabel("device: …")
+        self.device_label.setObjectName("statusDevice")
+        self.patient_label = QLabel("no patient")
+        self.patient_label.setObjectName("statusPatient")
+        self.plan_label = QLabel("")
+        self.plan_label.setObjectName("statusPlan")
+        for w in (self.patient_label, self.plan_label, self.device_label):
+            sb.addPermanentWidget(w)
+
+    def _dock(self, title: str, name: str, widget, area) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(name)
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
+                         | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+                         | QDockWidget.DockWidgetFeature.DockWidgetClosable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    # -- actions ------------------------------------------------------------------------------
+    def install_actions(self, actions: dict) -> None:
+        """Menus and toolbar from the action table, plus the panels' show/hide toggles."""
+        self.actions = actions
+        menus = action_table.populate(self.menuBar(), self.toolbar, actions)
+        view = menus["&View"]
+        view.addSeparator()
+        panels = view.addMenu("&Panels")
+        for dock, name in ((self.structure_dock, "structures"), (self.dvh_dock, "dvh"), (self.volume_dock, "volume")):
+            a = dock.toggleViewAction()
+            a.setIcon(icon(name))
+            panels.addAction(a)
+        panels.addAction(self.toolbar.toggleViewAction())
+
+    # -- status ------------------------------------------------------------------------------
+    def set_status(self, device: str | None = None, patient: str | None = None, plan: str | None = None) -> None:
+        if device is not None:
+            self.device_label.setText(f"device: {device}")
+        if patient is not None:
+            self.patient_label.setText(patient)
+        if plan is not None:
+            self.plan_label.setText(plan)
+
+    # -- layout persistence ----------------------------------------------------------------------
+    def save_layout(self, settings) -> None:
+        settings.setValue("window/geometry", self.saveGeometry())
+        settings.setValue("window/state", self.saveState(LAYOUT_VERSION))
+
+    def restore_layout(self, settings) -> bool:
+        geometry = settings.value("window/geometry")
+        state = settings.value("window/state")
+        ok = False
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            ok = self.restoreGeometry(geometry)
+        if isinstance(state, QByteArray) and not state.isEmpty():
+            ok = self.restoreState(state, LAYOUT_VERSION) and ok
+        return ok
+
+    # -- handlers named in the action table ("window.*") --------------------------------------
+    def use_dark_theme(self) -> None:
+        self._use_theme("dark")
+
+    def use_light_theme(self) -> None:
+        self._use_theme("light")
+
+    def _use_theme(self, name: str) -> None:
+        apply_theme(QApplication.instance(), name)
+        self.themeChanged.emit(name)
+
+    def png_bytes(self) -> bytes:
+        """The window (all docks, VTK included on a real display) as PNG bytes."""
+        pixmap = self.grab()
+        buf = QBuffer()
+        buf.open(QIODevice.OpenModeFlag.WriteOnly)
+        pixmap.save(buf, "PNG")
+        return bytes(buf.data())
+
+    def save_png(self, path) -> None:
+        from core.io.atomic import atomic_write_bytes
+
+        atomic_write_bytes(path, self.png_bytes())
+
+    def save_screenshot_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "openatp.png", "PNG image (*.png)")
+        if path:
+            self.save_png(path)
+            self.statusBar().showMessage(f"saved {path}", 4000)
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About OpenATP",
+                          f"<b>OpenATP {__version__}</b><p>Automated radiotherapy treatment planning.</p>"
+                          "<p>Demo data: OpenKBP (Babier et al., Med. Phys. 48:5549, 2021).</p>")
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        self.closing.emit()
+        super().closeEvent(event)
