@@ -53,12 +53,19 @@ def read_npz(path: str | Path) -> dict:
         raise InputError("no such file", path)
     if path.is_dir():
         raise InputError("is a folder, expected an .npz file", path)
+    # Look at the magic bytes first: numpy would call any unknown file a "pickle".
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror or exc})", path) from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise InputError("not an .npz archive (a single .npy array?)", path)
+    if not magic.startswith(b"PK"):
+        raise InputError("not an .npz archive (not a zip file)", path)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except AttributeError:
-        # np.load returned a plain array (a .npy file), which has no context manager
-        raise InputError("not an .npz archive (a single .npy array?)", path) from None
     except NPZ_READ_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "pickle" in reason.lower():
