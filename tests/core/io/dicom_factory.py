@@ -68,7 +68,7 @@ def make_ct_series(folder, raw: np.ndarray, z_mm, *, pixel_spacing=(2.0, 2.0), o
     for k, z in enumerate(z_mm):
         ds = _base(CT, "CT", uids, patient_id)
         ds.ImagePositionPatient = [_ds_str(origin_xy[0]), _ds_str(origin_xy[1]), _ds_str(z)]
-        ds.ImageOrientationPatient = [str(v) for v in iop]
+        ds.ImageOrientationPatient = [_ds_str(v) for v in iop]
         ds.PixelSpacing = [_ds_str(pixel_spacing[0]), _ds_str(pixel_spacing[1])]
         ds.SliceThickness = "2"
         ds.InstanceNumber = (instance_numbers[k] if instance_numbers is not None else k + 1)
