@@ -25,8 +25,8 @@ def marching_squares(field: np.ndarray, level: float) -> np.ndarray:
     field : (H, W) ndarray
         Values on pixel centres; pixel (r, c) sits at coordinate (r, c).
     level : float
-        The iso-value. The region ``field >= level`` is enclosed: the field is padded
-        with values below ``level`` so lines close at the array border.
+        The iso-value. The region ``field >= level`` is enclosed: lines close half a pixel
+        beyond the array border.
 
     Returns
     -------
@@ -45,9 +45,15 @@ def marching_squares(field: np.ndarray, level: float) -> np.ndarray:
     cols = np.flatnonzero(inside.any(axis=0))
     r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, f.shape[0])
     c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, f.shape[1])
-    below = np.float32(level - 1.0 if np.isfinite(level) else -1e30)
-    sub = np.full((r1 - r0 + 2, c1 - c0 + 2), below, np.float32)
-    sub[1:-1, 1:-1] = f[r0:r1, c0:c1]
+    # Pad by one pixel so regions touching the array border close there. A padded value
+    # mirrors its neighbour about the level (2 L - f), so the closing line runs half a pixel
+    # outside the last pixel centre -- exactly where a mask's edge is.
+    sub = np.pad(f[r0:r1, c0:c1], 1, mode="edge")
+    ring = np.ones(sub.shape, bool)
+    ring[1:-1, 1:-1] = False
+    e = sub[ring]
+    delta = np.float32(1e-6 * max(1.0, abs(float(level))))
+    sub[ring] = np.where(e >= level, np.minimum(2 * level - e, level - delta), e)
     a, b = sub[:-1, :-1], sub[:-1, 1:]
     c, d = sub[1:, 1:], sub[1:, :-1]
     case = ((a >= level).astype(np.uint8) | ((b >= level) << 1).astype(np.uint8)
