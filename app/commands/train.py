@@ -1,0 +1,80 @@
+"""``openatp train --site SITE --data DIR --out MODEL``: train a dose-prediction model.
+
+DIR holds ``train/`` and ``validation/`` folders of OpenKBP cases (``pt_N.npz``). The
+compact training caches are built on first use into ``--cache-dir`` (default
+``MODEL/cache``) and reused; copy that folder with the code to train on another machine.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from app.commands.common import add_device, add_json, emit_json, progress_for
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a dose-prediction model",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--site", required=True, help="site key, e.g. hn")
+    p.add_argument("--data", required=True, help="folder with train/ and validation/ OpenKBP cases")
+    p.add_argument("--out", required=True, help="model folder to write (model.pt, config.json, logs)")
+    p.add_argument("--cache-dir", default=None, help="where the compact training caches live (default MODEL/cache)")
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
+    p.add_argument("--time-budget-min", type=float, default=None,
+                   help="fit the schedule into this many minutes (epochs fixed after the first epoch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--n-val", type=int, default=8, help="validation cases scored after every epoch (default 8)")
+    p.add_argument("--base-channels", type=int, default=24)
+    p.add_argument("--growth", type=int, default=12)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--layers-per-block", type=int, default=2)
+    p.add_argument("--alpha", type=float, default=1.0, help="total loss weight of the structures relative to the body")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training cases (tests)")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL/checkpoint_last.pt")
+    add_device(p)
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def _log(msg: str) -> None:
+    print(f"openatp train: {msg}", file=sys.stderr, flush=True)
+
+
+def run(args) -> int:
+    from core.device import resolve_device
+    from core.errors import InputError
+    from core.prediction.cache import build_cache
+    from core.prediction.sites import get_site
+    from core.prediction.train import TrainConfig, train
+
+    site = get_site(args.site)
+    data = Path(args.data)
+    if not (data / "train").is_dir() or not (data / "validation").is_dir():
+        raise InputError("expected train/ and validation/ folders of OpenKBP cases here", data)
+    out = Path(args.out)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
+    caches = {}
+    for split in ("train", "validation"):
+        path = cache_dir / f"cache_{site.key}_{split}.npz"
+        if not path.is_file():
+            _log(f"building the {split} cache {path}")
+            r = build_cache(data / split, path, site.key)
+            _log(f"{r['n_cases']} cases, {r['bytes'] / 2**20:.1f} MiB, {r['seconds']:.0f} s")
+        caches[split] = path
+    cfg = TrainConfig(site=site.key, epochs=args.epochs, time_budget_min=args.time_budget_min, seed=args.seed,
+                      n_val=args.n_val, threads=args.threads, alpha=args.alpha, augment=not args.no_augment,
+                      limit_train=args.limit_train,
+                      unet={"base_channels": args.base_channels, "growth": args.growth, "depth": args.depth,
+                            "layers_per_block": args.layers_per_block})
+    device = resolve_device(args.device)
+    _log(f"device {device}")
+    result = train(caches["train"], caches["validation"], out, cfg, resume=args.resume, device=device,
+                   progress=progress_for(args), log=_log)
+    if args.json:
+        emit_json({"epochs": result["epochs"], "best_val_loss": result["best_val_loss"],
+                   "best_dose_score_gy": result["best_dose_score_gy"],
+                   "best_dvh_score_gy": result["best_dvh_score_gy"], "seconds": result["seconds"]})
+    return 0

@@ -1,0 +1,153 @@
+"""Dose prediction for one patient with a trained model.
+
+``DosePredictor(model_path, device).predict(patient)`` reads the patient into the
+model's canonical frame (:mod:`.preprocess`), runs the network at half resolution,
+up-samples (mask-normalised) and puts the dose back on the patient's own grid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import InputError, ModelError
+from core.progress import check_cancel, report
+from core.prediction.sites import get_site
+
+MODELS_ROOT = Path(__file__).resolve().parents[2] / "resources" / "models"
+
+
+def default_model_path(site: str) -> Path:
+    """``resources/models/<site>/`` of this checkout."""
+    return MODELS_ROOT / get_site(site).key
+
+
+@dataclass(eq=False)
+class PredictionResult:
+    """A predicted dose and how it was made.
+
+    Attributes
+    ----------
+    dose : core.patient.Dose
+        On the patient's grid, Gy, zero outside the body.
+    timings_s : dict
+        ``load_model``, ``preprocess``, ``network``, ``postprocess``, ``total`` (seconds).
+    warnings : list of str
+        Structures the model did not use and why.
+    unknown_structures : list of str
+    model : dict
+        Model file path, site, architecture summary and its recorded validation scores.
+    """
+
+    dose: object
+    timings_s: dict
+    warnings: list = field(default_factory=list)
+    unknown_structures: list = field(default_factory=list)
+    model: dict = field(default_factory=dict)
+
+
+class DosePredictor:
+    """A loaded model, ready to predict.
+
+    Parameters
+    ----------
+    model_path : str or Path, optional
+        ``model.pt`` or the folder holding it; default ``resources/models/<site>/``.
+    device : str or torch.device
+        ``cpu``, ``cuda``, ``auto`` or a ``torch.device``.
+    site : str
+    """
+
+    def __init__(self, model_path=None, device="cpu", site: str = "hn"):
+        import torch
+
+        from core.device import resolve_device
+        from core.prediction.model_io import load_model, resolve_model_path
+
+        t0 = time.perf_counter()
+        self.site = get_site(site)
+        self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
+        self.path = resolve_model_path(model_path if model_path is not None else default_model_path(site))
+        self.net, self.meta = load_model(self.path, self.device, site=self.site.key)
+        from core.prediction.preprocess import POOL, channel_names
+        if list(self.meta.get("channels", [])) != channel_names(self.site) or int(self.meta.get("pool", -1)) != POOL:
+            raise ModelError("the model's input channels do not match this version's preprocessing", self.path)
+        if self.meta.get("ptv_mode", "predict") not in ("predict", "prescription"):
+            raise ModelError(f"unknown ptv_mode '{self.meta.get('ptv_mode')}' in the model file", self.path)
+        self.load_s = time.perf_counter() - t0
+
+    def describe(self) -> dict:
+        info = self.meta.get("info", {})
+        return {"path": str(self.path), "site": self.meta["site"], "arch": self.meta["arch"],
+                "parameters": int(self.net.n_parameters()), "ptv_mode": self.meta.get("ptv_mode", "predict"),
+                "val_dose_score_gy": info.get("val_dose_score_gy"), "val_dvh_score_gy": info.get("val_dvh_score_gy")}
+
+    def _forward(self, x: np.ndarray, tta: bool) -> np.ndarray:
+        """Coarse prediction (Gy) for coarse inputs ``x`` (C, b0, b1, b2)."""
+        import torch
+
+        ref = float(self.meta["reference_dose_gy"])
+        with torch.no_grad():
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
+            out = self.net(xt)[0, 0]
+            if tta:
+                # Left-right mirror (array axis 1 of the canonical frame; paired organs swap),
+                # the one flip the model was trained with.
+                perm = list(range(x.shape[0]))
+                for a, b in self.site.mirror_pairs:
+                    ia, ib = 2 + self.site.oars.index(a), 2 + self.site.oars.index(b)
+                    perm[ia], perm[ib] = perm[ib], perm[ia]
+                xf = torch.flip(xt[:, perm], dims=[3])
+                out = 0.5 * (out + torch.flip(self.net(xf)[0, 0], dims=[1]))
+            return (out.float().cpu().numpy() * ref).astype(np.float32)
+
+    def predict(self, patient, tta: bool = False, progress=None, cancel=None) -> PredictionResult:
+        """Predict the dose of ``patient`` (a :class:`core.patient.Patient`).
+
+        Raises :class:`InputError` for a patient without CT, target or prescription.
+        """
+        from core.patient import Dose
+        from core.prediction.preprocess import canonical_to_patient, model_inputs, patient_to_canonical, upsample_dose
+
+        t = {"load_model": self.load_s}
+        t0 = time.perf_counter()
+        report(progress, 0, 4, "reading the patient into the model frame")
+        case, mapping, mgrid, lo = patient_to_canonical(patient, self.site)
+        x, body_lo, pad_shape = model_inputs(case, self.site, self.net.config.multiple)
+        t["preprocess"] = time.perf_counter() - t0
+        check_cancel(cancel)
+        report(progress, 1, 4, "running the network")
+        t1 = time.perf_counter()
+        pred_lo = np.maximum(self._forward(x, tta), 0)
+        if self.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize(self.device)
+        t["network"] = time.perf_counter() - t1
+        check_cancel(cancel)
+        report(progress, 2, 4, "back to the patient grid")
+        t2 = time.perf_counter()
+        body_full = np.zeros(pad_shape, dtype=bool)
+        crop = tuple(slice(0, s) for s in case.body.shape)
+        body_full[crop] = case.body
+        dose_crop = upsample_dose(pred_lo, body_lo, body_full)[crop]
+        if self.meta.get("ptv_mode") == "prescription":
+            rx = case.ptv_dose_gy()
+            dose_crop = np.where(rx > 0, rx, dose_crop)
+        body_p = np.asarray(patient.external_mask(), dtype=bool)
+        dose = canonical_to_patient(dose_crop, case, mgrid, lo, patient.grid, body_p)
+        t["postprocess"] = time.perf_counter() - t2
+        t["total"] = sum(v for k, v in t.items())
+        report(progress, 4, 4, "done")
+        return PredictionResult(Dose(dose, patient.grid, label="predicted"), t, list(mapping.warnings),
+                                list(mapping.unknown), self.describe())
+
+
+def predict_dose(patient, site: str = "hn", model_path=None, device="cpu", tta: bool = False,
+                 progress=None, cancel=None) -> PredictionResult:
+    """One-call convenience: load the site's model and predict ``patient``'s dose."""
+    if patient is None:
+        raise InputError("no patient to predict")
+    return DosePredictor(model_path, device, site).predict(patient, tta=tta, progress=progress, cancel=cancel)
