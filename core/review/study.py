@@ -116,7 +116,8 @@ def export_plan(src: str | Path, dst: Path, patient_spec=None) -> None:
     """Write plan ``src`` as a bare DOSE file ``dst`` (``dose_gy``, ``spacing_mm``, ``origin_mm``).
 
     ``src`` is a DOSE ``.npz`` or an ``openatp plan`` folder (its ``dose.npz``), else
-    any file :func:`core.io.dosefile.load_dose` reads (RTDOSE), resampled onto the patient.
+    any file :func:`core.io.dosefile.load_dose` reads (RTDOSE, an OpenKBP case's
+    clinical dose), put onto the patient's grid.
     """
     from core.io.atomic import atomic_save_npz
 
@@ -125,11 +126,16 @@ def export_plan(src: str | Path, dst: Path, patient_spec=None) -> None:
         src = src / "dose.npz"
     if not src.is_file():
         raise InputError("plan dose not found", src)
+    is_dose_npz = False
     if src.suffix.lower() == ".npz":
         try:
             with np.load(src, allow_pickle=False) as z:
-                if "dose_gy" not in z.files:
-                    raise InputError("not a DOSE file (no 'dose_gy' array)", src)
+                is_dose_npz = "dose_gy" in z.files
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read DOSE file ({exc})", src) from None
+    if is_dose_npz:
+        try:
+            with np.load(src, allow_pickle=False) as z:
                 dose = np.asarray(z["dose_gy"], dtype=np.float32)
                 spacing = np.asarray(z["spacing_mm"], dtype=np.float64) if "spacing_mm" in z.files else None
                 origin = np.asarray(z["origin_mm"], dtype=np.float64) if "origin_mm" in z.files else None
@@ -144,7 +150,7 @@ def export_plan(src: str | Path, dst: Path, patient_spec=None) -> None:
         from core.io.loader import load_patient
 
         if patient_spec is None:
-            raise InputError("an RTDOSE plan needs its patient to be resampled onto", src)
+            raise InputError("this plan (RTDOSE or OpenKBP case) needs its patient: give --patients", src)
         patient = load_patient(patient_spec)
         d = load_dose(src, patient)
         dose = np.asarray(getattr(d, "dose_gy", d), dtype=np.float32)
