@@ -129,7 +129,7 @@ def _load_rtdose(path: Path, patient: Patient, warnings: list) -> Dose:
             raise InputError("not an .npz DOSE file, and DICOM RTDOSE import is not available in this build",
                              path) from None
         raise
-    src = read_rtdose(path)
+    src = read_rtdose(path, warnings=warnings)
     dst = patient.grid
     # Overlap of the two grids' voxel boxes in patient coordinates (half a voxel beyond centres).
     sb, db = src.grid.bounds_mm(), dst.bounds_mm()

@@ -155,3 +155,33 @@ def test_dose_file_round_trip_and_errors(tmp_path):
     warnings = []
     load_dose(bad, p, warnings=warnings)
     assert warnings and "origin" in warnings[0]
+
+
+def test_rtdose_onto_an_openkbp_patient(tmp_path, demo_case):
+    # RTDOSE written in DICOM order (z, y, x) and read back onto the OpenKBP grid (y, x, -z):
+    # voxel centres coincide, so trilinear resampling is exact up to the 32-bit dose scaling
+    from core.geometry import Grid
+    from core.io.dicom_export import export_rtdose
+    from core.io.loader import load_patient
+
+    p = load_patient(demo_case)
+    ref = p.doses["reference"]
+    rd = tmp_path / "RD.dcm"
+    export_rtdose(ref, p, rd)
+    warnings = []
+    back = load_dose(rd, p, warnings=warnings)
+    assert np.abs(back.dose_gy - ref.dose_gy).max() < 1e-4 * ref.dose_gy.max()
+    assert warnings == []
+    # a dose grid covering only the upper half of axis 2: warning, zero outside
+    g = p.grid
+    half = Grid((128, 128, 64), g.spacing_mm, g.origin_mm, g.axes)
+    export_rtdose(Dose(ref.dose_gy[:, :, :64], half), p, rd)
+    back = load_dose(rd, p, warnings=warnings)
+    assert any("covers only" in w for w in warnings)
+    assert np.all(back.dose_gy[:, :, 64:] == 0)
+    assert np.abs(back.dose_gy[:, :, :64] - ref.dose_gy[:, :, :64]).max() < 1e-4 * ref.dose_gy.max()
+    # a dose grid 2 m away does not overlap the patient
+    far = Grid((10, 10, 10), g.spacing_mm, (2000.0, 0.0, 0.0), g.axes)
+    export_rtdose(Dose(np.ones((10, 10, 10), np.float32), far), p, rd)
+    with pytest.raises(GeometryError, match="does not overlap"):
+        load_dose(rd, p)
