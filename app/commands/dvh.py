@@ -4,8 +4,8 @@ DOSE is a DOSE ``.npz`` on the patient's grid, an RTDOSE file, or an OpenKBP cas
 (its clinical dose, ``dose_cgy / 100``): ``openatp dvh pt_N.npz --dose pt_N.npz`` reports
 the reference plan. Endpoint definitions: :mod:`core.evaluation.dvh` (OpenKBP / ICRU 83).
 ``--json`` prints ``{"structures": {NAME: {"volume_cc", "mean", "max", "min", "D0.03cc",
-"D0.1cc", "D1", "D2", "D5", "D50", "D95", "D98", "D99"}}, "dose": FILE, "warnings": [...]}``;
-doses in Gy, undefined endpoints (empty structure) as null.
+"D0.1cc", "D1", "D2", "D5", "D50", "D95", "D98", "D99"}}}`` and nothing else; doses in
+Gy, undefined endpoints (empty structure) as null; warnings go to stderr.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def run(args) -> int:
     for w in warnings:
         warn(w)
     if args.json:
-        emit_json({"structures": result, "dose": str(args.dose), "warnings": warnings})
+        emit_json({"structures": result})
         return 0
     width = max([len(n) for n in result] + [9])
     cols = list(ENDPOINT_KEYS)

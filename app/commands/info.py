@@ -1,8 +1,8 @@
 """``openatp info PATIENT``: grid, structures and prescriptions of a patient (docs/cli.md).
 
 ``--json`` prints ``{"grid": {"shape", "spacing_mm", "origin_mm", "axes"}, "structures":
-[{"name", "role", "volume_cc", ...}], "prescription": [{"structure", "dose_gy",
-"fractions"}], "patient_id", "images", "doses", "warnings"}``; without it, a table.
+[{"name", "role", "volume_cc"}], "prescription": [{"structure", "dose_gy",
+"fractions"}], "patient_id", "images", "doses", "empty_structures", "warnings"}``; without it, a table.
 Warnings also go to stderr.
 """
 
@@ -23,8 +23,8 @@ def register(subparsers) -> None:
 def patient_info(patient) -> dict:
     """The ``info`` document of a loaded patient."""
     g = patient.grid
-    structures = [{"name": s.name, "role": s.role.value, "volume_cc": s.volume_cc(g),
-                   "n_voxels": s.n_voxels(), "has_contours": s.has_contours}
+    # exactly the contract's keys per structure; extras live at the top level
+    structures = [{"name": s.name, "role": s.role.value, "volume_cc": s.volume_cc(g)}
                   for s in patient.structures.values()]
     return {
         "patient_id": patient.patient_id,
@@ -35,6 +35,7 @@ def patient_info(patient) -> dict:
                          for p in patient.prescriptions],
         "images": patient.ct is not None,
         "doses": sorted(patient.doses),
+        "empty_structures": [s.name for s in patient.structures.values() if s.is_empty],
         "warnings": list(patient.warnings),
     }
 

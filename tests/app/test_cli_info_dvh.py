@@ -40,6 +40,8 @@ def test_info_and_dvh_match_numpy(capsys, openkbp_dir, case):
     info = run_json(capsys, ["info", str(path), "--json"])
     assert info["grid"]["shape"] == [128, 128, 128]
     assert np.allclose(info["grid"]["spacing_mm"], raw["voxel_dimensions_mm"])
+    assert all(set(s) == {"name", "role", "volume_cc"} for s in info["structures"])
+    assert all(set(p) == {"structure", "dose_gy", "fractions"} for p in info["prescription"])
     vols = {s["name"]: s["volume_cc"] for s in info["structures"]}
     roles = {s["name"]: s["role"] for s in info["structures"]}
     masks = {str(n): ((raw["masks"] >> i) & 1).astype(bool) for i, n in enumerate(raw["roi_names"])}
@@ -53,7 +55,9 @@ def test_info_and_dvh_match_numpy(capsys, openkbp_dir, case):
     rx = {p["structure"]: (p["dose_gy"], p["fractions"]) for p in info["prescription"]}
     assert rx["PTV70"] == (70.0, 35)
 
-    dvh = run_json(capsys, ["dvh", str(path), "--dose", str(path), "--json"])["structures"]
+    doc = run_json(capsys, ["dvh", str(path), "--dose", str(path), "--json"])
+    assert set(doc) == {"structures"}
+    dvh = doc["structures"]
     dose_gy = raw["dose_cgy"].astype(np.float32) / np.float32(100.0)
     assert set(dvh) == set(masks)
     for name, m in masks.items():
