@@ -386,16 +386,41 @@ def discover_plan_set(folder: str | Path) -> dict:
             if not dose.is_file():
                 dose = entry / "RTDOSE.dcm"
             if not dose.is_file():
-                dcms = sorted(entry.glob("RD*.dcm")) or sorted(entry.glob("*.dcm"))
-                dose = dcms[0] if len(dcms) == 1 else None
-            if dose is not None:
-                out[entry.name] = dose
+                dose = _find_rtdose(entry)
+            if dose is None:
+                raise InputError("plan folder holds no dose.npz and no RTDOSE file", entry)
+            out[entry.name] = dose
         elif entry.suffix.lower() in (".npz", ".dcm"):
             out[entry.stem] = entry
     if not out:
         raise InputError("no plans found (expected ID/ plan folders, ID.npz DOSE or ID.dcm RTDOSE files)",
                          folder)
     return out
+
+
+def _find_rtdose(folder: Path) -> Path | None:
+    """The one RTDOSE file in a folder (by name ``RD*.dcm``, else by DICOM Modality)."""
+    dcms = sorted(folder.glob("RD*.dcm"))
+    if len(dcms) == 1:
+        return dcms[0]
+    dcms = sorted(folder.glob("*.dcm"))
+    if len(dcms) == 1:
+        return dcms[0]
+    if not dcms:
+        return None
+    import pydicom
+
+    found = []
+    for f in dcms:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Modality"])
+        except Exception:  # not DICOM: not a dose either
+            continue
+        if str(getattr(ds, "Modality", "")).upper() == "RTDOSE":
+            found.append(f)
+    if len(found) > 1:
+        raise InputError(f"plan folder holds {len(found)} RTDOSE files; keep one per patient", folder)
+    return found[0] if found else None
 
 
 def discover_patients(folder: str | Path) -> dict:

@@ -153,3 +153,45 @@ def test_plan_set_discovery_and_groups_file(tmp_path):
     (tmp_path / "bad.csv").write_text("id,site\n1,a\n")
     with pytest.raises(InputError, match="patient_id"):
         read_groups(tmp_path / "bad.csv")
+
+
+def _patient(tmp_path=None):
+    from core.geometry import Grid
+    from core.patient import Patient, Prescription, Structure, StructureRole
+
+    grid = Grid((4, 4, 4), (5.0, 5.0, 5.0), (0.0, 0.0, 0.0))
+    p = Patient("syn", grid)
+    ptv = np.zeros(grid.shape, bool)
+    ptv[1:3, 1:3, 1:3] = True
+    cord = np.zeros(grid.shape, bool)
+    cord[0, :, 0] = True
+    p.add_structure(Structure("PTV60", ptv, StructureRole.TARGET))
+    p.add_structure(Structure("SpinalCord", cord, StructureRole.OAR))
+    p.prescriptions.append(Prescription("PTV60", 60.0, 20))
+    return p
+
+
+def test_plan_endpoints_eqd2_v_values_and_indices():
+    from core.evaluation.cohort import EndpointOptions, plan_endpoints
+
+    p = _patient()
+    dose = np.full(p.grid.shape, 60.0, np.float32)
+    dose[p.structures["SpinalCord"].mask] = 30.0
+    opts = EndpointOptions(metrics=tuple(parse_metric(m) for m in ("mean", "D95", "V20Gy", "V95", "CI", "HI")))
+    ep = plan_endpoints(p, dose, ["PTV60", "SpinalCord"], {"PTV60"}, opts, 20)
+    assert ep[("PTV60", "mean")] == pytest.approx(60.0) and ep[("PTV60", "V95")] == 100.0
+    # the 60 Gy isodose covers all 64 voxels except the 4 cord voxels; TV = 8 inside it:
+    # Paddick CI = 8^2 / (8 * 60)
+    assert ep[("PTV60", "CI")] == pytest.approx(64 / (8 * 60))
+    assert ep[("PTV60", "HI")] == pytest.approx(0.0)
+    assert ep[("SpinalCord", "V20Gy")] == 100.0 and ("SpinalCord", "CI") not in ep
+    # EQD2 with 20 fractions: target a/b 10: 60 (3 + 10) / 12 = 65 Gy; cord a/b 2 (default
+    # for cord): 30 in 20 x 1.5 Gy -> 30 (1.5 + 2) / 4 = 26.25 Gy; its override to 3 Gy: 30 x 4.5 / 5 = 27
+    opts_eq = EndpointOptions(metrics=opts.metrics, eqd2=True)
+    eq = plan_endpoints(p, dose, ["PTV60", "SpinalCord"], {"PTV60"}, opts_eq, 20)
+    assert eq[("PTV60", "mean_EQD2")] == pytest.approx(65.0, rel=1e-6)
+    assert eq[("PTV60", "V95_EQD2")] == 100.0  # prescription converted too
+    assert eq[("SpinalCord", "mean_EQD2")] == pytest.approx(26.25, rel=1e-6)
+    opts_ab = EndpointOptions(metrics=opts.metrics, eqd2=True, alpha_beta_gy={"SpinalCord": 3.0})
+    assert plan_endpoints(p, dose, ["SpinalCord"], set(), opts_ab, 20)[("SpinalCord", "mean_EQD2")] == \
+        pytest.approx(27.0, rel=1e-6)
