@@ -63,8 +63,9 @@ def stacked_bars_svg(bars: dict, n_reviewers: int, title: str, width: int = 520)
                        f'fill="{_color(k, n_reviewers)}" stroke="white"><title>{k} of {n_reviewers}: '
                        f'{share * 100:.0f} %</title></rect>')
             if w > 26:
-                out.append(f'<text x="{x + w / 2:.1f}" y="{y + row_h / 2 + 4}" text-anchor="middle">'
-                           f'{share * 100:.0f}%</text>')
+                ink = "white" if n_reviewers and k / n_reviewers > 0.6 else "black"  # legible on dark green
+                out.append(f'<text x="{x + w / 2:.1f}" y="{y + row_h / 2 + 4}" text-anchor="middle" '
+                           f'fill="{ink}">{share * 100:.0f}%</text>')
             x += w
     ly = top + row_h * len(bars) + 20
     for k in range(n_reviewers + 1):
