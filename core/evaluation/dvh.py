@@ -12,7 +12,8 @@ Conventions (shared with OpenKBP's evaluation code, Babier et al., Med. Phys. 48
   voxels and ``np.percentile(doses, 100 - 100 * n_v / n)`` (OpenKBP's D0.1cc definition).
   A structure holding fewer than ``n_v`` voxels (smaller than v cc) reports its **maximum**
   dose (the near-maximum of a structure smaller than the near-max volume is its maximum;
-  OpenKBP's formula is undefined there).
+  OpenKBP's formula is undefined there). A structure of exactly ``n_v`` voxels gets the
+  formula's value, its minimum dose, as in OpenKBP.
 * ``Vd`` is the volume receiving **at least** d Gy.
 * An empty structure (no voxels) has NaN endpoints and ``volume_cc`` 0; :func:`dvh_endpoints`
   appends a warning to its ``warnings`` list.
