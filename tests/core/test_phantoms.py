@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from core.errors import InputError
+from core.errors import Cancelled, InputError
 from core.io.loader import load_patient
 from core.io.phantoms import tg119_phantom, water_phantom
 from core.patient import StructureRole
+from core.progress import CancelToken
 
 
 def test_water_phantom_geometry():
@@ -53,6 +54,11 @@ def test_tg119_bad_file(tmp_path):
 
 def test_loader_dispatch(tmp_path, tg119_dir, openkbp_dir):
     assert load_patient("phantom:tg119", phantom_file=tg119_dir / "tg119.npz").patient_id == "tg119"
+    assert load_patient("phantom:Water").patient_id == "phantom_water"
+    tok = CancelToken()
+    tok.cancel()
+    with pytest.raises(Cancelled):
+        load_patient(openkbp_dir / "validation" / "pt_201.npz", cancel=tok)
     assert load_patient(openkbp_dir / "validation" / "pt_201.npz").grid.shape == (128, 128, 128)
     with pytest.raises(InputError, match="unknown phantom 'foo'"):
         load_patient("phantom:foo")
