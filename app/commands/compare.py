@@ -65,15 +65,11 @@ def parse_alpha_beta(text) -> dict:
 
 
 def run(args) -> int:
-    from core.errors import InputError
     from core.evaluation.cohort import (DEFAULT_METRICS, EndpointOptions, compare_plan_sets, parse_metric,
                                         read_groups)
     from core.evaluation.cohort_report import write_outputs
 
     metrics = tuple(parse_metric(m) for m in (_split(args.metrics) or DEFAULT_METRICS))
-    for f in (args.fractions_a, args.fractions_b):
-        if f is not None and f < 1:
-            raise InputError(f"fractions must be a positive integer, got {f}")
     options = EndpointOptions(metrics=metrics, structures=tuple(_split(args.structures)) or None,
                               eqd2=args.eqd2, fractions_a=args.fractions_a, fractions_b=args.fractions_b,
                               alpha_beta_gy=parse_alpha_beta(args.alpha_beta))

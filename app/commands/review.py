@@ -16,6 +16,7 @@ Study model, blinding and threat model: :mod:`core.review.study`; scoring and ag
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from app.commands.common import add_json, emit_json, progress_for, warn
@@ -82,7 +83,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     cmd = getattr(args, "review_command", None)
     if cmd is None:
-        args._review_parser.print_help()
+        args._review_parser.print_help(sys.stderr)
         return 2
     return {"create": _create, "status": _status, "answer": _answer, "add-reviewer": _add_reviewer,
             "unblind": _unblind, "results": _results}[cmd](args)

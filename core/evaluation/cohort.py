@@ -469,7 +469,7 @@ def eqd2_gy(dose_gy, n_fractions: int, alpha_beta_gy: float):
     return eqd2(dose_gy, n_fractions, alpha_beta_gy)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EndpointOptions:
     """How endpoints are taken from a dose.
 
@@ -492,6 +492,16 @@ class EndpointOptions:
     fractions_a: int | None = None
     fractions_b: int | None = None
     alpha_beta_gy: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.metrics or not all(isinstance(m, MetricSpec) for m in self.metrics):
+            raise InputError("give at least one endpoint metric")
+        for name, f in (("A", self.fractions_a), ("B", self.fractions_b)):
+            if f is not None and (int(f) != f or f < 1):
+                raise InputError(f"fractions of plan set {name} must be a positive integer, got {f}")
+        for name, ab in self.alpha_beta_gy.items():
+            if not np.isfinite(ab) or ab <= 0:
+                raise InputError(f"alpha/beta of {name} must be positive, got {ab} Gy")
 
 
 def alpha_beta_for(name: str, is_target: bool, overrides: dict) -> float:
