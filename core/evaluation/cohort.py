@@ -382,20 +382,25 @@ def discover_plan_set(folder: str | Path) -> dict:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            dose = entry / "dose.npz"
-            if not dose.is_file():
-                dose = entry / "RTDOSE.dcm"
-            if not dose.is_file():
-                dose = _find_rtdose(entry)
-            if dose is None:
-                raise InputError("plan folder holds no dose.npz and no RTDOSE file", entry)
-            out[entry.name] = dose
+            out[entry.name] = plan_dose_file(entry)
         elif entry.suffix.lower() in (".npz", ".dcm"):
             out[entry.stem] = entry
     if not out:
         raise InputError("no plans found (expected ID/ plan folders, ID.npz DOSE or ID.dcm RTDOSE files)",
                          folder)
     return out
+
+
+def plan_dose_file(folder: str | Path) -> Path:
+    """The dose of a plan folder: ``dose.npz`` (``openatp plan``), else ``RTDOSE.dcm``, else its one RTDOSE."""
+    folder = Path(folder)
+    for name in ("dose.npz", "RTDOSE.dcm"):
+        if (folder / name).is_file():
+            return folder / name
+    dose = _find_rtdose(folder)
+    if dose is None:
+        raise InputError("plan folder holds no dose.npz and no RTDOSE file", folder)
+    return dose
 
 
 def _find_rtdose(folder: Path) -> Path | None:

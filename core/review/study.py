@@ -115,15 +115,17 @@ def assign_orders(seed: int, reviewer: str, case_ids) -> tuple[list, dict]:
 def export_plan(src: str | Path, dst: Path, patient_spec=None) -> None:
     """Write plan ``src`` as a bare DOSE file ``dst`` (``dose_gy``, ``spacing_mm``, ``origin_mm``).
 
-    ``src`` is a DOSE ``.npz`` or an ``openatp plan`` folder (its ``dose.npz``), else
+    ``src`` is a DOSE ``.npz`` or a plan folder (its ``dose.npz`` or RTDOSE), else
     any file :func:`core.io.dosefile.load_dose` reads (RTDOSE, an OpenKBP case's
     clinical dose), put onto the patient's grid.
     """
     from core.io.atomic import atomic_save_npz
 
+    from core.evaluation.cohort import plan_dose_file
+
     src = Path(src)
     if src.is_dir():
-        src = src / "dose.npz"
+        src = plan_dose_file(src)
     if not src.is_file():
         raise InputError("plan dose not found", src)
     is_dose_npz = False
