@@ -15,7 +15,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm3d(channels, affine=True)
     if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
+        import math
+        return nn.GroupNorm(math.gcd(8, channels), channels)  # groups must divide the channels
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown norm '{kind}'")

@@ -215,6 +215,20 @@ def full_dose_from_coarse(pred_lo_gy, body_lo, pad_shape, body_crop) -> np.ndarr
 # --------------------------------------------------------------------------------------
 # Training loop
 # --------------------------------------------------------------------------------------
+def weighted_mse(pred, y, w):
+    """Weighted mean squared error: ``sum(w * (pred - y)**2) / sum(w)``."""
+    return (w * (pred - y) ** 2).sum() / w.sum().clamp_min(1e-6)
+
+
+def train_step(net, opt, x, y, w) -> float:
+    """One optimiser step on one batch; returns the loss before the step."""
+    loss = weighted_mse(net(x), y, w)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     t = min(step / max(total, 1), 1.0)
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
@@ -306,12 +320,7 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
             step = epoch * n + k
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, planned_epochs * n, cfg)
-            pred = net(x)
-            loss = (w * (pred - y) ** 2).sum() / w.sum().clamp_min(1e-6)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(train_step(net, opt, x, y, w))
             step_times.append(time.perf_counter() - ts)
             done = epoch * n + k + 1
             report(progress, done, planned_epochs * n, f"epoch {epoch + 1}/{planned_epochs}",

@@ -1,0 +1,94 @@
+"""Model files: save/load round trip, and clear ModelErrors for missing, damaged or foreign files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from core.errors import ModelError  # noqa: E402
+from core.prediction.model_io import load_model, model_meta, save_model  # noqa: E402
+from core.prediction.predict import DosePredictor  # noqa: E402
+from core.prediction.preprocess import POOL, channel_names  # noqa: E402
+from core.prediction.sites import get_site  # noqa: E402
+from core.prediction.unet import CADUNet, UNetConfig  # noqa: E402
+
+torch.set_num_threads(1)
+SITE = get_site("hn")
+TINY = {"base_channels": 4, "growth": 2, "depth": 2, "layers_per_block": 1}
+
+
+def tiny_model(tmp_path, seed=0, **over):
+    torch.manual_seed(seed)
+    net = CADUNet(UNetConfig(in_channels=len(channel_names(SITE)), **{**TINY, **over}))
+    for p in net.parameters():  # away from the init so a wrong load would show
+        p.data += 0.01 * torch.randn_like(p)
+    save_model(tmp_path, net, model_meta(net, SITE, channel_names(SITE), POOL))
+    return net.eval()
+
+
+def test_round_trip_gives_identical_predictions(tmp_path):
+    net = tiny_model(tmp_path)
+    loaded, meta = load_model(tmp_path, site="hn")
+    x = torch.randn(1, 11, 4, 6, 8)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+    assert meta["site"] == "hn" and meta["unet"]["base_channels"] == 4
+    assert (tmp_path / "config.json").is_file()
+
+
+def test_predictor_round_trip_on_a_patient(tmp_path):
+    from .test_preprocess import dicom_patient
+
+    tiny_model(tmp_path / "m")
+    p = dicom_patient()
+    r1 = DosePredictor(tmp_path / "m", "cpu").predict(p)
+    # save the loaded model again and predict with the copy: bit-identical dose
+    pred = DosePredictor(tmp_path / "m", "cpu")
+    save_model(tmp_path / "m2", pred.net, pred.meta)
+    r2 = DosePredictor(tmp_path / "m2", "cpu").predict(p)
+    assert r1.dose.dose_gy.shape == p.grid.shape and r1.dose.grid is p.grid
+    np.testing.assert_array_equal(r1.dose.dose_gy, r2.dose.dose_gy)
+    assert np.all(r1.dose.dose_gy[~p.external_mask()] == 0)
+    assert r1.unknown_structures == ["Lens_L"]
+    assert set(r1.timings_s) >= {"preprocess", "network", "postprocess", "total"}
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="no trained model"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_corrupt_and_truncated_files(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"not a model at all")
+    with pytest.raises(ModelError, match="damaged"):
+        load_model(tmp_path)
+    d = tmp_path / "t"
+    tiny_model(d)
+    data = (d / "model.pt").read_bytes()
+    (d / "model.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="damaged"):
+        load_model(d)
+
+
+def test_weights_of_another_architecture(tmp_path):
+    tiny_model(tmp_path / "a", base_channels=6)
+    blob = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    blob["unet"]["base_channels"] = 4  # declared network differs from the stored weights
+    torch.save(blob, tmp_path / "a" / "model.pt")
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model(tmp_path / "a")
+    blob["arch"] = "resnet"
+    torch.save(blob, tmp_path / "a" / "model.pt")
+    with pytest.raises(ModelError, match="architecture"):
+        load_model(tmp_path / "a")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "a" / "model.pt")
+    with pytest.raises(ModelError, match="not an OpenATP"):
+        load_model(tmp_path / "a")
+
+
+def test_model_of_another_site(tmp_path):
+    tiny_model(tmp_path)
+    with pytest.raises(ModelError, match="site 'hn'"):
+        load_model(tmp_path, site="prostate")

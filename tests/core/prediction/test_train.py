@@ -1,0 +1,114 @@
+"""Training: a step lowers the loss; augmentation keeps inputs and targets aligned; the
+cache round trip; a tiny end-to-end run is deterministic and resumable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from core.prediction.cache import build_cache, load_cache  # noqa: E402
+from core.prediction.sites import get_site  # noqa: E402
+from core.prediction.train import (TrainConfig, augment_sample, loss_weights, prepare_train_case,  # noqa: E402
+                                   train, train_step, weighted_mse)
+from core.prediction.unet import CADUNet, UNetConfig  # noqa: E402
+
+from .synth import openkbp_arrays, write_case  # noqa: E402
+
+torch.set_num_threads(1)
+SITE = get_site("hn")
+TINY = {"base_channels": 4, "growth": 2, "depth": 2, "layers_per_block": 1}
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    d = tmp_path_factory.mktemp("okbp")
+    for split, seeds in (("train", (1, 2, 3)), ("validation", (4,))):
+        (d / split).mkdir()
+        for s in seeds:
+            write_case(d / split / f"pt_{s}.npz", shape=(24, 24, 20), seed=s)
+    build_cache(d / "train", d / "tr.npz")
+    build_cache(d / "validation", d / "va.npz")
+    return d
+
+
+def test_cache_round_trip_matches_the_source(caches):
+    a = openkbp_arrays(shape=(24, 24, 20), seed=1)
+    c = load_cache(caches / "tr.npz")[0]
+    sl = tuple(slice(int(lo), int(lo) + s) for lo, s in zip(c.crop_lo, c.body.shape))
+    assert c.pid == "pt_1" and tuple(c.full_shape) == (24, 24, 20)
+    np.testing.assert_array_equal(c.body, a["possible_dose_mask"][sl])
+    assert a["possible_dose_mask"][sl].sum() == a["possible_dose_mask"].sum()  # crop keeps the whole body
+    # dose stored in 5 cGy steps: at most 2.5 cGy off
+    assert np.abs(c.dose_gy - a["dose_cgy"][sl] / 100.0).max() <= 0.025 + 1e-6
+    np.testing.assert_array_equal(c.mask(9), ((a["masks"] >> 9) & 1).astype(bool)[sl])
+    # CT in 10 HU steps inside the body
+    ct_hu = a["ct"].astype(float)[sl] - 1000
+    assert np.abs(c.ct_hu[c.body] - ct_hu[c.body]).max() <= 5.0
+
+
+def test_one_training_step_lowers_the_loss():
+    torch.manual_seed(0)
+    net = CADUNet(UNetConfig(in_channels=11, **TINY))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.randn(2, 11, 8, 8, 8)
+    y = torch.sigmoid(x[:, 9:10])  # a target the inputs determine
+    w = torch.ones_like(y)
+    before = train_step(net, opt, x, y, w)
+    with torch.no_grad():
+        after = float(weighted_mse(net(x), y, w))
+    assert after < before
+
+
+def test_loss_weights_give_each_structure_its_share():
+    body = np.ones((10, 10, 10), np.float32)
+    occ = np.zeros((2, 10, 10, 10), np.float32)
+    occ[0, :1] = 1   # 10 % of the body
+    occ[1, 5:] = 1  # 50 %, disjoint from the first
+    w = loss_weights(occ, body, alpha=1.0)
+    # total weight: body 1000 + alpha * (body volume) = 2000, split equally between the two structures
+    assert w.sum() == pytest.approx(2000.0)
+    assert (w * occ[0]).sum() - occ[0].sum() == pytest.approx(500.0, rel=1e-4)
+
+
+def test_augmentation_keeps_targets_on_inputs(caches):
+    c = prepare_train_case(load_cache(caches / "tr.npz")[0], SITE)
+    cfg = TrainConfig(max_rot_deg=10, max_scale=0.1)
+    for s in range(3):
+        x, y, w = augment_sample(c["x"], c["y"], c["occ"], np.random.default_rng(s), SITE, cfg, 4)
+        assert all(n % 4 == 0 for n in x.shape[2:]) and x.shape[2:] == y.shape[2:] == w.shape[2:]
+        ptv = x[0, 9] > 0.99
+        # synthetic dose is 70 Gy (y = 1) throughout the PTV; interpolation at the edge only
+        assert float(y[0, 0][ptv].mean()) > 0.95
+        # parotids stay on their side: right parotid at lower array axis 1 (patient right)
+        rp = torch.nonzero(x[0, 2 + 2] > 0.5).float().mean(0)[1]
+        lp = torch.nonzero(x[0, 2 + 3] > 0.5).float().mean(0)[1]
+        assert rp < lp
+
+
+def test_tiny_training_run_is_deterministic_and_resumable(caches, tmp_path):
+    cfg = dict(epochs=2, n_val=1, seed=3, unet=TINY, threads=1)
+    r1 = train(caches / "tr.npz", caches / "va.npz", tmp_path / "a", TrainConfig(**cfg))
+    assert (tmp_path / "a" / "model.pt").is_file() and r1["epochs"] == 2
+    # the same run, stopped after one epoch and resumed, ends with the same weights
+    from core.errors import Cancelled
+    from core.progress import CancelToken, Progress
+
+    token = CancelToken()
+
+    def stop_in_epoch_2(ev):
+        if ev.message.startswith("epoch 2"):
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train(caches / "tr.npz", caches / "va.npz", tmp_path / "b", TrainConfig(**cfg),
+              progress=Progress(stop_in_epoch_2), cancel=token)
+    assert len((tmp_path / "b" / "train_log.jsonl").read_text().splitlines()) == 1
+    train(caches / "tr.npz", caches / "va.npz", tmp_path / "b", TrainConfig(**cfg), resume=True)
+    la = [json.loads(s) for s in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    lb = [json.loads(s) for s in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert la[-1]["train_loss"] == pytest.approx(lb[-1]["train_loss"], rel=1e-6)
+    assert la[-1]["dose_score_gy"] == pytest.approx(lb[-1]["dose_score_gy"], rel=1e-6)
