@@ -114,6 +114,15 @@ def test_review_cli_flow_and_preference_groups(cohort, capsys, tmp_path):
     assert code == 0 and "AutoArmQ" not in out and str(b) not in out
     status = json.loads(out)
     assert [c["complete"] for c in status["cases"]] == [False] * 3
+    # what the review screen loads: the patient copy (no clinical dose) and both plans on its grid
+    first = status["cases"][0]
+    shown = load_patient(study / first["patient"])
+    assert shown.doses == {} and "PTV70" in shown.structures
+    plans = [load_dose(study / first[k], shown).dose_gy for k in ("plan_a", "plan_b")]
+    ref = load_dose(pats / f"{first['case_id']}.npz", load_patient(pats / f"{first['case_id']}.npz")).dose_gy
+    lo, hi = sorted(plans, key=lambda d: float(d.sum()))
+    np.testing.assert_allclose(hi, ref, rtol=1e-6)
+    np.testing.assert_allclose(lo, ref * np.float32(FACTORS[first["case_id"]]), rtol=1e-5)
     for reviewer in ("ann", "bob"):
         for _ in IDS:
             code, out, err = _run(capsys, ["review", "answer", str(study), "--reviewer", reviewer, "--set",
