@@ -103,6 +103,18 @@ def _coord(v: np.ndarray) -> list:
     return out
 
 
+def _raw_ds(tag: int, values: list):
+    """A DS element stored as its encoded bytes: pydicom validates every value of a
+    DS set the ordinary way, which dominates export time for large structure sets."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    b = "\\".join(values).encode("ascii")
+    if len(b) % 2:
+        b += b" "
+    return RawDataElement(Tag(tag), "DS", len(b), b, 0, False, True)
+
+
 def _uid():
     from pydicom.uid import generate_uid
 
@@ -320,7 +332,7 @@ def export_rtstruct(patient: Patient, path, progress=None, cancel=None) -> Path:
                 c = Dataset()
                 c.ContourGeometricType = "CLOSED_PLANAR"
                 c.NumberOfContourPoints = len(poly)
-                c.ContourData = _coord(poly)
+                c[0x30060050] = _raw_ds(0x30060050, _coord(poly))  # ContourData
                 if ct_refs:
                     k = int(round((poly[0, 2] - mg.origin_mm[0]) / mg.spacing_mm[0]))
                     ci = Dataset()

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import DicomError, InputError
-from core.geometry import Grid, resample_to_grid
+from core.geometry import Grid
 from core.io.rasterize import rasterize_contours
 from core.patient import CtImage, Dose, Patient, Prescription, Structure, StructureRole, guess_role
 from core.progress import check_cancel, report
@@ -95,9 +95,6 @@ def _dcmread(path: Path):
         with _pywarnings.catch_warnings():
             _pywarnings.simplefilter("ignore")
             ds = pydicom.dcmread(str(path), force=not has_magic)
-            # touch every top-level element now so a truncated file fails here, not later
-            for _ in ds.iterall():
-                pass
     except InvalidDicomError:
         return None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
@@ -109,11 +106,56 @@ def _dcmread(path: Path):
         mod = str(ds.get("Modality", "") or "")
         if not (sop.startswith("1.2.840.10008.") or mod.isalpha()):
             return None
+    short = _short_element(ds)
+    if short is not None:
+        if not has_magic and "SOPClassUID" not in ds and "Modality" not in ds:
+            return None
+        raise DicomError(f"the DICOM file is truncated (element {short} is cut short)", path)
     if "SOPClassUID" not in ds and "Modality" not in ds:
         if has_magic:
             raise DicomError("the DICOM file is truncated or holds no SOP class or modality", path)
         return None
     return ds
+
+
+def _short_element(ds):
+    """Tag of the first element whose stored value is shorter than its declared length.
+
+    pydicom keeps elements raw until used and does not complain when a file ends inside
+    a value; comparing raw lengths finds truncation without converting any value.
+    """
+    from pydicom.dataelem import RawDataElement
+
+    for elem in ds.elements():
+        if isinstance(elem, RawDataElement):
+            if elem.length != 0xFFFFFFFF and elem.value is not None and len(elem.value) < elem.length:
+                return elem.tag
+        elif elem.VR == "SQ":
+            for item in elem.value or []:
+                t = _short_element(item)
+                if t is not None:
+                    return t
+    return None
+
+
+def _contour_points(item) -> np.ndarray | None:
+    """ContourData as a float array, parsed straight from the raw bytes when possible
+    (pydicom's per-value DS objects dominate load time for large structure sets)."""
+    from pydicom.dataelem import RawDataElement
+
+    if 0x30060050 not in item:
+        return None
+    elem = item.get_item(0x30060050)
+    if isinstance(elem, RawDataElement) and elem.value:
+        try:
+            return np.array(bytes(elem.value).split(b"\\"), dtype=float)
+        except ValueError:
+            pass  # odd formatting: let pydicom parse it
+    data = item.ContourData
+    if data is None or data == "":
+        return None
+    return np.asarray([float(v) for v in (data if hasattr(data, "__iter__") and not isinstance(data, str)
+                                          else [data])], dtype=float)
 
 
 def _kind(ds) -> str:
@@ -204,10 +246,15 @@ def _hu_of(ds, path: Path) -> tuple[np.ndarray, bool]:
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     if slope.is_integer() and intercept.is_integer():
-        hu = raw.astype(np.int64) * int(slope) + int(intercept)
-        if hu.min(initial=0) >= -32768 and hu.max(initial=0) <= 32767:
-            return hu, True
-        return hu.astype(np.float32), False
+        lo = float(raw.min(initial=0)) * slope + intercept
+        hi = float(raw.max(initial=0)) * slope + intercept
+        if min(lo, hi) >= -32768 and max(lo, hi) <= 32767:
+            hu = raw.astype(np.int32)
+            if slope != 1:
+                hu *= int(slope)
+            hu += int(intercept)
+            return hu.astype(np.int16), True
+        return (raw.astype(np.float64) * slope + intercept).astype(np.float32), False
     return (raw.astype(np.float64) * slope + intercept).astype(np.float32), False
 
 
@@ -268,14 +315,14 @@ def _load_ct_series(items: list, warns: list, progress=None, cancel=None) -> tup
     # pixels
     first = ipps[0]
     o_r, o_c = first["xyz".index(r_code[1])], first["xyz".index(c_code[1])]
-    slices, exact = [], True
+    vol = np.empty((n,) + shape2d, dtype=np.int16)
     for k, (p, ds) in enumerate(items):
         check_cancel(cancel)
         hu, ex = _hu_of(ds, p)
-        exact &= ex
-        slices.append(hu)
+        if not ex and vol.dtype != np.float32:
+            vol = vol.astype(np.float32)  # one slice with a fractional rescale: all float
+        vol[k] = hu
         report(progress, k + 1, n, "reading CT pixels")
-    vol = np.stack(slices).astype(np.int16 if exact else np.float32)
     info = {"ct_sop_instance_uids": [str(ds.SOPInstanceUID) for _, ds in items],
             "slice_z_mm": z.tolist()}
     if uneven:
@@ -591,10 +638,11 @@ def _structures_from_ds(ds, path: Path, grid: Grid, match: str, strict_outside: 
             and len(rc.ROIDisplayColor) == 3 else None
         closed, points = [], []
         for c in (rc.get("ContourSequence") or []) if rc is not None else []:
-            data = c.get("ContourData")
-            if not data:
+            pts = _contour_points(c)
+            if pts is None or pts.size == 0:
                 continue
-            pts = np.asarray([float(v) for v in data], dtype=float)
+            if not np.all(np.isfinite(pts)):
+                raise DicomError(f"ROI '{name}': a contour holds non-numeric coordinates", path)
             if pts.size % 3:
                 raise DicomError(f"ROI '{name}': a contour has {pts.size} coordinates, not a multiple of 3", path)
             pts = pts.reshape(-1, 3)
@@ -641,6 +689,58 @@ def _default_color(i: int) -> tuple:
     from core.patient import default_color
 
     return default_color(i)
+
+
+# -- resampling ------------------------------------------------------------------------------
+def resample_axis_aligned(values: np.ndarray, src: Grid, dst: Grid, fill: float = 0.0) -> np.ndarray:
+    """Trilinear resampling between two axis-aligned grids, one axis at a time.
+
+    Gives the same result as ``core.geometry.resample_to_grid(values, src, dst, order=1,
+    fill=fill)`` (points within half a voxel of the source edge take the edge value,
+    points further out get ``fill``), but as three 1D linear interpolations, which is
+    separable-exact for trilinear and an order of magnitude faster on a 512 x 512 CT.
+
+    Returns
+    -------
+    (dst.shape) float32 ndarray
+    """
+    if values.shape != src.shape:
+        raise InputError(f"array shape {values.shape} does not match its grid {src.shape}")
+    if src.same_as(dst):
+        return values.astype(np.float32, copy=True)
+    # bring the source axes into the destination's patient-axis order (no flips needed:
+    # the index mapping below handles direction)
+    perm = [int(np.nonzero(src.patient_axis_index == ax)[0][0]) for ax in dst.patient_axis_index]
+    a = np.transpose(values.astype(np.float32, copy=False), perm)
+    # np.zeros is lazily zeroed by the OS: much cheaper than np.full for a 512 x 512 CT grid
+    out = np.zeros(dst.shape, np.float32) if fill == 0 else np.full(dst.shape, np.float32(fill), np.float32)
+    box = []
+    plans = []
+    for k in range(3):
+        sk = perm[k]
+        # fractional source index of each destination coordinate along this axis
+        idx = (dst.axis_coords_mm(k) - src.origin_mm[sk]) * src.signs[sk] / src.spacing_mm[sk]
+        n = src.shape[sk]
+        inside = np.nonzero((idx >= -0.5) & (idx <= n - 0.5))[0]
+        if inside.size == 0:
+            return out  # no overlap at all
+        lo, hi = int(inside[0]), int(inside[-1]) + 1  # contiguous: idx is monotonic
+        box.append(slice(lo, hi))
+        idx = np.clip(idx[lo:hi], 0, n - 1)
+        i0 = np.minimum(np.floor(idx).astype(np.int64), max(n - 2, 0))
+        i1 = np.minimum(i0 + 1, n - 1)
+        w = (idx - i0).astype(np.float32) if n > 1 else np.zeros(idx.shape, np.float32)
+        plans.append((i0, i1, w))
+    # interpolate the axis that shrinks the array most first (fewest operations)
+    for k in sorted(range(3), key=lambda k: plans[k][0].size / max(a.shape[k], 1)):
+        i0, i1, w = plans[k]
+        shp = [1, 1, 1]
+        shp[k] = -1
+        a0 = np.take(a, i0, axis=k)
+        a0 += (np.take(a, i1, axis=k) - a0) * w.reshape(shp)
+        a = a0
+    out[tuple(box)] = a
+    return out
 
 
 # -- folder loading --------------------------------------------------------------------------
@@ -861,8 +961,8 @@ def load_dicom_folder(path, progress=None, cancel=None) -> Patient:
         if dose_native.grid.same_as(grid):
             patient.doses["reference"] = Dose(dose_native.dose_gy, grid, label="reference")
         else:
-            patient.doses["reference"] = Dose(resample_to_grid(dose_native.dose_gy, dose_native.grid, grid,
-                                                               order=1), grid, label="reference")
+            patient.doses["reference"] = Dose(resample_axis_aligned(dose_native.dose_gy, dose_native.grid, grid),
+                                              grid, label="reference")
             body = _body_for_coverage(patient)
             if body is not None:
                 frac = _same_grid_fraction_uncovered(body, grid, dose_native.grid)
