@@ -2,11 +2,12 @@
 
 All three exports share one set of UIDs kept in ``patient.dicom`` (study, frame of
 reference, CT series and one SOP instance per CT slice): the first export that needs
-them creates them with :func:`pydicom.uid.generate_uid` and records them there, so an
-RTSTRUCT or RTDOSE written later references the CT written earlier, whatever the order.
+them creates them with :func:`pydicom.uid.generate_uid` and records them there, so the
+CT, RTSTRUCT and RTDOSE of one export reference each other whatever the order.
 A patient imported from DICOM keeps its frame of reference and study (so the exports
-register with the original plan); its original CT UIDs are reused only when the grid is
-still the original slice stack in DICOM order.
+register with the original images and plan). Its exported CT is a new series with new
+UIDs; an RTSTRUCT exported *before* any CT export references the original CT images
+(unchanged, so still valid), one exported after references the new series.
 
 Arrays in another axis order (OpenKBP's ``(y, x, -z)``, phantoms) are transposed and
 flipped to DICOM axial order ``(z, y, x)`` with axes ``("+z", "+y", "+x")`` first
@@ -126,8 +127,15 @@ def _now() -> tuple[str, str]:
     return t.strftime("%Y%m%d"), t.strftime("%H%M%S")
 
 
-def _ensure_uids(patient: Patient, dicom_grid: Grid) -> dict:
-    """The shared UIDs of this patient's exports (created and recorded on first use)."""
+def _ensure_uids(patient: Patient, dicom_grid: Grid, new_ct: bool = False) -> dict:
+    """The shared UIDs of this patient's exports (created and recorded on first use).
+
+    CT UIDs made by an earlier export for the same grid are always reused, so the files
+    of one export reference each other in any order. CT UIDs that came from an import
+    are reused by RTSTRUCT/RTDOSE exports (they then reference the original images, which
+    are unchanged), but never by :func:`export_ct_series` (``new_ct=True``): a written
+    copy is a new object and gets new UIDs.
+    """
     d = patient.dicom
     if not d.get("frame_of_reference_uid"):
         d["frame_of_reference_uid"] = str(_uid())
@@ -139,11 +147,12 @@ def _ensure_uids(patient: Patient, dicom_grid: Grid) -> dict:
     if made_for is not None:
         reusable = have and Grid.from_dict(made_for).same_as(dicom_grid, tol_mm=1e-6)
     else:  # UIDs from an import: valid only while the grid is the original DICOM slice stack
-        reusable = have and patient.grid.axes == DICOM_AXES and patient.grid.same_as(dicom_grid, tol_mm=1e-6)
+        reusable = (have and not new_ct and patient.ct is not None and patient.grid.axes == DICOM_AXES
+                    and patient.grid.same_as(dicom_grid, tol_mm=1e-6))
     if not reusable:
         d["ct_series_instance_uid"] = str(_uid())
         d["ct_sop_instance_uids"] = [str(_uid()) for _ in range(n)]
-    d["ct_uids_grid"] = dicom_grid.to_dict()
+        d["ct_uids_grid"] = dicom_grid.to_dict()
     return d
 
 
@@ -207,7 +216,7 @@ def export_ct_series(patient: Patient, folder, progress=None, cancel=None) -> li
     if patient.ct is None:
         raise InputError("the patient has no CT images to export (dose-review patient?)")
     hu, g = to_dicom_order(patient.ct.hu, patient.ct.grid)
-    uids = _ensure_uids(patient, g)
+    uids = _ensure_uids(patient, g, new_ct=True)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     slope, intercept, raw, signed = _encode_hu(hu)

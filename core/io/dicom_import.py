@@ -242,7 +242,8 @@ def _hu_of(ds, path: Path) -> tuple[np.ndarray, bool]:
     """HU of one slice and whether they are exact integers."""
     raw = _pixels(ds, path)
     if raw.ndim != 2:
-        raise DicomError(f"a CT image must be one 2D frame, got shape {raw.shape}", path)
+        raise DicomError(f"multi-frame (enhanced) CT images are not supported: this file holds {raw.shape[0]} "
+                         "frames; export the series as single-frame CT images", path)
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     if slope.is_integer() and intercept.is_integer():
@@ -654,7 +655,8 @@ def _structures_from_ds(ds, path: Path, grid: Grid, match: str, strict_outside: 
                     closed.append(pts)
             # OPEN_PLANAR / OPEN_NONPLANAR lines enclose no volume: not filled
         dtype = types.get(num)
-        if dtype and dtype.upper() in ("ISOCENTER", "MARKER") and not closed or (points and not closed):
+        is_marker = (dtype or "").upper() in ("ISOCENTER", "MARKER")
+        if not closed and (points or is_marker):  # a point ROI: a position, not a volume
             patient.dicom.setdefault("roi_points", {})[name] = points
             number_to_name[num] = name
             continue

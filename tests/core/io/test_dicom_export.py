@@ -50,6 +50,7 @@ def test_references_and_uids(tmp_path):
     src.mkdir()
     build_case(src, dose=False, plan=False)
     p = load_dicom_folder(src)
+    original_ct = set(p.dicom["ct_sop_instance_uids"])
     out = tmp_path / "out"
     ct_files = export_ct_series(p, out)
     export_rtstruct(p, out / "RS.dcm")
@@ -65,6 +66,9 @@ def test_references_and_uids(tmp_path):
     se = fr.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
     assert se.SeriesInstanceUID == cts[0].SeriesInstanceUID
     assert [c.ReferencedSOPInstanceUID for c in se.ContourImageSequence] == [c.SOPInstanceUID for c in cts]
+    # the written CT is a new object (new UIDs) in the original frame of reference
+    assert original_ct.isdisjoint(c.SOPInstanceUID for c in cts)
+    assert for_uid == pydicom.dcmread(next(src.glob("IMG*.dcm"))).FrameOfReferenceUID
     uids = [c.SOPInstanceUID for c in cts] + [rs.SOPInstanceUID, rd.SOPInstanceUID, for_uid]
     assert all(pydicom.uid.UID(u).is_valid for u in uids) and len(set(uids)) == len(uids)
     # every contour references the CT slice at its own z
@@ -131,6 +135,16 @@ def test_real_openkbp_case_round_trip(tmp_path, openkbp_dir):
         np.testing.assert_array_equal(q.structures[name].mask, to_dicom_order(s.mask, p.grid)[0], err_msg=name)
     d0 = to_dicom_order(p.doses["reference"].dose_gy, p.grid)[0]
     assert np.max(np.abs(q.doses["reference"].dose_gy - d0)) <= _max_scaling_error(d0) + 1e-5
+
+
+def test_uids_consistent_in_any_export_order(tmp_path):
+    p = _phantom_in_openkbp_axes()
+    export_rtstruct(p, tmp_path / "RS.dcm")  # before the CT: creates the CT UIDs it references
+    ct_files = export_ct_series(p, tmp_path)
+    rs = pydicom.dcmread(tmp_path / "RS.dcm")
+    refs = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert [c.ReferencedSOPInstanceUID for c in refs.ContourImageSequence] == \
+        [pydicom.dcmread(f).SOPInstanceUID for f in ct_files]
 
 
 def test_float_hu_round_trip_within_slope(tmp_path):

@@ -264,7 +264,14 @@ def test_dose_resampled_to_ct_and_native_kept(case):
     k, j, i = 10 / 2.5, 10 / 3, 10 / 3
     assert ref.dose_gy[10, 20, 20] == pytest.approx(10 + k + 0.5 * j + 0.25 * i, abs=1e-3)
     assert ref.dose_gy[0, 0, 0] == 0.0  # outside the dose grid
-    assert any("does not cover the whole body" in w for w in p.warnings)
+    # uncovered fraction of BODY: voxel centres beyond the dose grid's outer voxel faces
+    # (x -31.5..40.5, y -11.5..48.5, z -1.25..38.75 mm), counted here independently
+    body = p.structure("BODY").mask
+    z, y, x = (p.grid.axis_coords_mm(k) for k in range(3))
+    cov = (((z >= -1.25) & (z <= 38.75))[:, None, None] & ((y >= -11.5) & (y <= 48.5))[None, :, None]
+           & ((x >= -31.5) & (x <= 40.5))[None, None, :])
+    frac = 100 * (body & ~cov).sum() / body.sum()
+    assert any(f"{frac:.1f} % of the body lies outside" in w for w in p.warnings), (frac, p.warnings)
 
 
 def test_rtplan_and_prescription(case):
@@ -366,6 +373,16 @@ def test_truncated_file_is_an_error_with_its_path(tmp_path):
     with pytest.raises(DicomError) as ei:
         load_dicom_folder(tmp_path)
     assert str(paths[2]) in str(ei.value) and ("truncated" in str(ei.value) or "corrupt" in str(ei.value))
+
+
+def test_truncated_rtstruct_is_an_error_with_its_path(tmp_path):
+    build_case(tmp_path, dose=False, plan=False)
+    rs = tmp_path / "RS.dcm"
+    data = rs.read_bytes()
+    rs.write_bytes(data[: int(len(data) * 0.7)])
+    with pytest.raises(DicomError) as ei:
+        load_dicom_folder(tmp_path)
+    assert str(rs) in str(ei.value) and "truncated" in str(ei.value)
 
 
 def test_rtdose_not_dicom(tmp_path):
