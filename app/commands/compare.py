@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--structures", default=None,
                    help="comma-separated structures (each must exist in every patient); default: every target "
                         "and organ at risk present in all patients")
+    p.add_argument("--any-structure", action="store_true",
+                   help="also analyse structures missing in some patients, each on the patients that have it "
+                        "(default: only structures present in every patient, as docs/cli.md states)")
     p.add_argument("--groups", default=None, metavar="FILE",
                    help="CSV with patient_id plus grouping columns (site, institution, preference...), or JSON; "
                         "each group is analysed on its own (e.g. preference_groups.csv from 'review results')")
@@ -72,7 +75,7 @@ def run(args) -> int:
     metrics = tuple(parse_metric(m) for m in (_split(args.metrics) or DEFAULT_METRICS))
     options = EndpointOptions(metrics=metrics, structures=tuple(_split(args.structures)) or None,
                               eqd2=args.eqd2, fractions_a=args.fractions_a, fractions_b=args.fractions_b,
-                              alpha_beta_gy=parse_alpha_beta(args.alpha_beta))
+                              alpha_beta_gy=parse_alpha_beta(args.alpha_beta), allow_missing=args.any_structure)
     groups = read_groups(args.groups) if args.groups else None
     comparison = compare_plan_sets(args.plans_a, args.plans_b, args.patients, options, groups,
                                    progress=progress_for(args))

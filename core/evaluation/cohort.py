@@ -215,7 +215,7 @@ class CohortResult:
 
 
 def compare_tables(table_a: dict, table_b: dict, targets=(), coverage=None,
-                   group: tuple | None = None) -> CohortResult:
+                   group: tuple | None = None, allow_missing: bool = False) -> CohortResult:
     """Paired statistics of two endpoint tables.
 
     Parameters
@@ -229,6 +229,10 @@ def compare_tables(table_a: dict, table_b: dict, targets=(), coverage=None,
         Overrides :func:`higher_is_better` for the sign of the relative difference.
     group : (column, value), optional
         Recorded on the result.
+    allow_missing : bool
+        False (default): every patient must have every endpoint. True: each endpoint is
+        analysed on the patients that have it in both tables (its ``n`` says how many;
+        fewer than 2 -> left out with a note).
 
     Returns
     -------
@@ -254,25 +258,29 @@ def compare_tables(table_a: dict, table_b: dict, targets=(), coverage=None,
             if k not in keys:
                 keys.append(k)
     missing = [(pid, k) for pid in ids for k in keys if k not in table_a[pid] or k not in table_b[pid]]
-    if missing:
+    if missing and not allow_missing:
         shown = "; ".join(f"{pid}: {s} {m}" for pid, (s, m) in missing[:6])
         more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
         raise InputError(f"endpoints missing for some patients ({shown}{more})")
     targets = set(targets)
     coverage = coverage or (lambda s, m: higher_is_better(m, s in targets))
     notes, usable = [], []
-    for structure, metric in keys:
-        bad = [pid for pid in ids if not (np.isfinite(float(table_a[pid][(structure, metric)]))
-                                          and np.isfinite(float(table_b[pid][(structure, metric)])))]
+    for key in keys:
+        structure, metric = key
+        have = [pid for pid in ids if key in table_a[pid] and key in table_b[pid]]
+        bad = [pid for pid in have if not (np.isfinite(float(table_a[pid][key]))
+                                           and np.isfinite(float(table_b[pid][key])))]
         if bad:
             notes.append(f"{structure} {metric} left out: undefined for {', '.join(bad)}")
+        elif len(have) < 2:
+            notes.append(f"{structure} {metric} left out: only {len(have)} patient(s) have it")
         else:
-            usable.append((structure, metric))
+            usable.append((key, have))
     m_tests = len(usable)
     rows = []
-    for structure, metric in usable:
-        a = np.array([table_a[pid][(structure, metric)] for pid in ids], dtype=float)
-        b = np.array([table_b[pid][(structure, metric)] for pid in ids], dtype=float)
+    for (structure, metric), have in usable:
+        a = np.array([table_a[pid][(structure, metric)] for pid in have], dtype=float)
+        b = np.array([table_b[pid][(structure, metric)] for pid in have], dtype=float)
         test = paired_test(a, b)
         sign = -1.0 if coverage(structure, metric) else 1.0
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -281,17 +289,18 @@ def compare_tables(table_a: dict, table_b: dict, targets=(), coverage=None,
         r_mean, r_lo, r_hi = mean_ci95(finite)
         p_b = bonferroni(test.p, m_tests) if not math.isnan(test.p) else math.nan
         rows.append(EndpointResult(
-            structure=structure, metric=metric, n=len(ids), mean_a=float(a.mean()),
+            structure=structure, metric=metric, n=len(have), mean_a=float(a.mean()),
             mean_b=float(b.mean()), mean_diff=test.mean_diff, mean_diff_ci95=test.ci95,
             rel_diff_pct=r_mean, rel_diff_ci95=(r_lo, r_hi), rel_diff_n=int(finite.size),
             p=test.p, p_bonferroni=p_b, significant=bool(p_b < ALPHA) if not math.isnan(p_b) else False,
-            p_wilcoxon=test.p_wilcoxon, higher_is_better=sign < 0, patient_ids=tuple(ids),
+            p_wilcoxon=test.p_wilcoxon, higher_is_better=sign < 0, patient_ids=tuple(have),
             values_a=tuple(float(x) for x in a), values_b=tuple(float(x) for x in b),
             rel_diff_per_patient_pct=tuple(float(x) for x in rel)))
     return CohortResult(len(ids), tuple(ids), tuple(rows), m_tests, group, tuple(notes))
 
 
-def compare_groups(table_a: dict, table_b: dict, groups: dict, targets=(), min_patients: int = 2) -> list:
+def compare_groups(table_a: dict, table_b: dict, groups: dict, targets=(), min_patients: int = 2,
+                   allow_missing: bool = False) -> list:
     """One :func:`compare_tables` analysis per group value.
 
     Parameters
@@ -316,7 +325,7 @@ def compare_groups(table_a: dict, table_b: dict, groups: dict, targets=(), min_p
             if len(ids) < min_patients:
                 continue
             out.append(compare_tables({p: table_a[p] for p in ids}, {p: table_b[p] for p in ids},
-                                      targets=targets, group=(col, val)))
+                                      targets=targets, group=(col, val), allow_missing=allow_missing))
     return out
 
 
@@ -489,6 +498,10 @@ class EndpointOptions:
         Fractions of each plan set (default: the patient's primary prescription).
     alpha_beta_gy : dict
         Per-structure alpha/beta overrides.
+    allow_missing : bool
+        False (cli.md default): only structures present in every patient. True: every
+        target and organ at risk present in at least 2 patients, each endpoint analysed
+        on the patients that have the structure.
     """
 
     metrics: tuple = tuple(parse_metric(m) for m in DEFAULT_METRICS)
@@ -497,6 +510,7 @@ class EndpointOptions:
     fractions_a: int | None = None
     fractions_b: int | None = None
     alpha_beta_gy: dict = field(default_factory=dict)
+    allow_missing: bool = False
 
     def __post_init__(self):
         if not self.metrics or not all(isinstance(m, MetricSpec) for m in self.metrics):
@@ -607,23 +621,28 @@ def _select_structures(patients: dict, options: EndpointOptions) -> tuple:
         names = list(options.structures)
         notes = []
     else:
-        common = None
+        counts: dict = {}
         for p in patients.values():
-            keep = {n for n in present(p)
-                    if p.structures[n].role in (StructureRole.TARGET, StructureRole.OAR)}
-            common = keep if common is None else common & keep
-        first = next(iter(patients.values()))
-        names = [n for n in first.structures if n in (common or set())]
+            for n in p.structures:
+                if n in present(p) and p.structures[n].role in (StructureRole.TARGET, StructureRole.OAR):
+                    counts[n] = counts.get(n, 0) + 1
+        need = 2 if options.allow_missing else len(patients)
+        names = [n for n, c in counts.items() if c >= need]
         if not names:
-            raise InputError("no target or organ at risk is present in every patient")
+            raise InputError("no target or organ at risk is present in every patient"
+                             + ("" if options.allow_missing else " (see --any-structure)"))
         notes = []
         every = set().union(*(present(p) for p in patients.values()))
-        for n in sorted(every - set(names)):
+        for n in sorted(every):
             lacking = [pid for pid, p in patients.items() if n not in present(p)]
-            if lacking:
+            if not lacking:
+                continue
+            if n in names:
+                notes.append(f"structure {n} analysed without {', '.join(lacking)} (missing there)")
+            else:
                 notes.append(f"structure {n} left out: missing in {', '.join(lacking)}")
     targets = {n for n in names
-               if all(p.structures[n].role is StructureRole.TARGET for p in patients.values())}
+               if all(p.structures[n].role is StructureRole.TARGET for p in patients.values() if n in p.structures)}
     return names, targets, notes
 
 
@@ -707,11 +726,13 @@ def compare_plan_sets(plans_a: str | Path, plans_b: str | Path, patients_dir: st
             if not fa or not fb:
                 raise InputError("EQD2 needs the number of fractions: give --fractions-a/--fractions-b",
                                  pats[pid])
-        table_a[pid] = plan_endpoints(p, doses_a[pid], names, targets, options, fa)
-        table_b[pid] = plan_endpoints(p, doses_b[pid], names, targets, options, fb)
+        here = [n for n in names if n in p.structures and not p.structures[n].is_empty]
+        table_a[pid] = plan_endpoints(p, doses_a[pid], here, targets, options, fa)
+        table_b[pid] = plan_endpoints(p, doses_b[pid], here, targets, options, fb)
         del doses_a[pid], doses_b[pid]
-    overall = compare_tables(table_a, table_b, targets=targets)
-    group_results = tuple(compare_groups(table_a, table_b, groups, targets)) if groups else ()
+    overall = compare_tables(table_a, table_b, targets=targets, allow_missing=options.allow_missing)
+    group_results = (tuple(compare_groups(table_a, table_b, groups, targets, allow_missing=options.allow_missing))
+                     if groups else ())
     if groups:
         ungrouped = [pid for pid in ids if pid not in groups]
         if ungrouped:

@@ -195,3 +195,17 @@ def test_plan_endpoints_eqd2_v_values_and_indices():
     opts_ab = EndpointOptions(metrics=opts.metrics, eqd2=True, alpha_beta_gy={"SpinalCord": 3.0})
     assert plan_endpoints(p, dose, ["SpinalCord"], set(), opts_ab, 20)[("SpinalCord", "mean_EQD2")] == \
         pytest.approx(27.0, rel=1e-6)
+
+
+def test_allow_missing_analyses_each_endpoint_on_the_patients_that_have_it():
+    a, b = _tables()
+    del a["p2"][("PTV", "D95")], b["p2"][("PTV", "D95")]
+    res = compare_tables(a, b, targets={"PTV"}, allow_missing=True)
+    ptv = res.endpoint("PTV", "D95")
+    assert res.n_patients == 3 and ptv.n == 2 and ptv.patient_ids == ("p1", "p3")
+    assert ptv.p == pytest.approx(stats.ttest_rel([50, 40], [51, 42]).pvalue, rel=1e-12)
+    assert ptv.rel_diff_pct == pytest.approx((2 + 5) / 2)
+    assert res.endpoint("Cord", "mean").n == 3 and res.n_tests == 2
+    del a["p3"][("PTV", "D95")], b["p3"][("PTV", "D95")]
+    res = compare_tables(a, b, targets={"PTV"}, allow_missing=True)
+    assert res.n_tests == 1 and any("only 1 patient" in n for n in res.notes)
