@@ -1,0 +1,398 @@
+"""Site protocol templates: prioritized goal lists from published protocols.
+
+Templates are JSON files in ``resources/protocols/`` (built in) and in the user's
+protocol folder (:func:`user_protocol_dir`; a user file with the same ``site`` replaces
+the built-in one, so an institution can adapt any protocol). A template holds:
+
+``format``      ``"openatp-protocol"``
+``version``     the template's own version, e.g. ``"1.0"``
+``site``        registry key (``hn``, ``lung``, ...); ``aliases`` other keys (``nasopharynx``)
+``title``       what a planner sees
+``prescriptions``  default ``[{"structure", "dose_gy", "fractions"}]``
+``structures``  ``{name: {"role": TARGET|OAR|HELPER, "synonyms": [...]}}``
+``goals``       GOALS-file entries (``docs/cli.md``) plus ``"cite"``: a key of ``citations``
+``rings``       helper rings ``{"name", "target", "inner_mm", "outer_mm", "priority",
+                "max_dose_pct"}``: the ring from inner to outer mm outside the target,
+                minus all targets, gets a near-max (0.03 cc) goal at ``max_dose_pct`` % of
+                the target's prescription
+``citations``   ``{key: reference}``
+
+Structure names are matched to the patient's through :func:`canonical_name`, which
+makes "Parotid_L", "L Parotid", "LeftParotid", "Lt_Parotid" and "PAROTID_LT" the same
+name, plus each structure's explicit synonyms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import InputError
+from core.goals.goal import ClinicalGoal, GoalKind
+
+FORMAT = "openatp-protocol"
+_ROLES = ("TARGET", "OAR", "HELPER", "EXTERNAL")
+_TOP_KEYS = {"format", "version", "site", "aliases", "title", "prescriptions", "structures", "goals", "rings",
+             "citations", "description"}
+_RING_KEYS = {"name", "target", "inner_mm", "outer_mm", "priority", "max_dose_pct", "cite"}
+_SIDE = {"l": "left", "lt": "left", "left": "left", "r": "right", "rt": "right", "right": "right"}
+_FILLER = {"gy", "cgy", "the", "and", "opt"}
+
+
+def builtin_protocol_dir() -> Path:
+    """``resources/protocols`` of the installed package."""
+    return Path(__file__).resolve().parents[2] / "resources" / "protocols"
+
+
+def user_data_dir() -> Path:
+    """The per-user OpenATP folder: ``$OPENATP_USER_DIR``, else the platform's data folder
+    (``~/.local/share/openatp`` on Linux, ``%APPDATA%/OpenATP`` on Windows,
+    ``~/Library/Application Support/OpenATP`` on macOS)."""
+    env = os.environ.get("OPENATP_USER_DIR")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform.startswith("win"):
+        return Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming")) / "OpenATP"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "OpenATP"
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "openatp"
+
+
+def user_protocol_dir() -> Path:
+    """Where institutions put their own templates: ``<user_data_dir>/protocols``."""
+    return user_data_dir() / "protocols"
+
+
+def canonical_name(name: str) -> str:
+    """A spelling-independent key for a structure name.
+
+    CamelCase and letter/digit boundaries are split, case and punctuation dropped, side
+    words unified (l, lt, left -> left) and the words sorted, so word order does not matter.
+    """
+    s = re.sub(r"([a-z])([A-Z])", r"\1 \2", str(name))
+    s = re.sub(r"([A-Za-z])(\d)", r"\1 \2", s)
+    s = re.sub(r"(\d)([A-Za-z])", r"\1 \2", s)
+    tokens = re.findall(r"[a-z]+|\d+(?:\.\d+)?", s.lower())
+    tokens = [_SIDE.get(t, t) for t in tokens if t not in _FILLER]
+    return " ".join(sorted(tokens))
+
+
+@dataclass(frozen=True)
+class StructureSpec:
+    name: str
+    role: str = "OAR"
+    synonyms: tuple = ()
+
+    def keys(self) -> set:
+        return {canonical_name(self.name)} | {canonical_name(s) for s in self.synonyms}
+
+
+@dataclass(frozen=True)
+class RingRule:
+    """A helper ring from ``inner_mm`` to ``outer_mm`` outside ``target`` (minus all targets)."""
+
+    name: str
+    target: str
+    inner_mm: float
+    outer_mm: float
+    priority: int
+    max_dose_pct: float
+    cite: str = ""
+
+    def __post_init__(self):
+        if not 0 <= self.inner_mm < self.outer_mm:
+            raise InputError(f"ring '{self.name}': needs 0 <= inner_mm < outer_mm")
+        if not 0 < self.max_dose_pct <= 120:
+            raise InputError(f"ring '{self.name}': max_dose_pct must lie in 0 ... 120 %")
+        if int(self.priority) != self.priority or self.priority < 1:
+            raise InputError(f"ring '{self.name}': priority must be a whole number >= 1")
+
+    def goal(self, rx_gy: float, structure_name: str | None = None) -> ClinicalGoal:
+        return ClinicalGoal(int(self.priority), structure_name or self.name, GoalKind.MAX_DOSE_AT_VOLUME,
+                            dose_gy=round(self.max_dose_pct / 100.0 * rx_gy, 3), volume_cc=0.03,
+                            note=f"ring {self.inner_mm:g}-{self.outer_mm:g} mm around {self.target}: "
+                                 f"{self.max_dose_pct:g} % of {rx_gy:g} Gy")
+
+
+@dataclass(frozen=True)
+class ProtocolTemplate:
+    """A validated site template (see module docstring for the file format)."""
+
+    site: str
+    version: str
+    title: str
+    aliases: tuple
+    prescriptions: tuple          # of dict(structure, dose_gy, fractions)
+    structures: dict              # name -> StructureSpec
+    goals: tuple                  # of ClinicalGoal (template structure names)
+    rings: tuple                  # of RingRule
+    citations: dict
+    path: str = ""
+    cites: tuple = field(default=())  # citation key per goal
+
+    @classmethod
+    def from_dict(cls, d: dict, path: str | Path = "") -> "ProtocolTemplate":
+        """Validate a parsed template; every problem is an :class:`InputError` naming the file."""
+        where = path or "protocol template"
+
+        def bad(msg):
+            return InputError(msg, where)
+
+        if not isinstance(d, dict):
+            raise bad("a protocol template is a JSON object")
+        if d.get("format") != FORMAT:
+            raise bad(f"'format' must be \"{FORMAT}\"")
+        unknown = set(d) - _TOP_KEYS
+        if unknown:
+            raise bad(f"unknown key(s) {', '.join(sorted(unknown))}")
+        for key in ("version", "site", "title", "structures", "goals"):
+            if key not in d:
+                raise bad(f"'{key}' is missing")
+        if not re.fullmatch(r"\d+(\.\d+)*", str(d["version"])):
+            raise bad(f"version must look like 1.0, got {d['version']!r}")
+        site = str(d["site"]).strip().lower()
+        if not re.fullmatch(r"[a-z0-9_]+", site):
+            raise bad(f"site key must be lower-case letters, digits or _, got {d['site']!r}")
+        citations = d.get("citations", {})
+        if not isinstance(citations, dict):
+            raise bad("'citations' must map keys to references")
+        structures = {}
+        if not isinstance(d["structures"], dict) or not d["structures"]:
+            raise bad("'structures' must map names to {role, synonyms}")
+        for name, spec in d["structures"].items():
+            spec = spec or {}
+            role = str(spec.get("role", "OAR")).upper()
+            if role not in _ROLES:
+                raise bad(f"structure '{name}': role must be one of {', '.join(_ROLES)}")
+            syn = spec.get("synonyms", [])
+            if not isinstance(syn, list) or not all(isinstance(s, str) for s in syn):
+                raise bad(f"structure '{name}': synonyms must be a list of names")
+            structures[name] = StructureSpec(name, role, tuple(syn))
+        keys: dict = {}
+        for s in structures.values():
+            for k in s.keys():
+                if k in keys and keys[k] != s.name:
+                    raise bad(f"synonym clash: '{k}' names both '{keys[k]}' and '{s.name}'")
+                keys[k] = s.name
+        rings = []
+        for r in d.get("rings", []):
+            if not isinstance(r, dict) or set(r) - _RING_KEYS or not {"name", "target", "inner_mm", "outer_mm",
+                                                                       "priority", "max_dose_pct"} <= set(r):
+                raise bad(f"a ring needs exactly {', '.join(sorted(_RING_KEYS - {'cite'}))} (and optional cite), got {r}")
+            if r["target"] not in structures or structures[r["target"]].role != "TARGET":
+                raise bad(f"ring '{r['name']}': '{r['target']}' is not a target of this template")
+            try:
+                rings.append(RingRule(r["name"], r["target"], float(r["inner_mm"]), float(r["outer_mm"]),
+                                      int(r["priority"]), float(r["max_dose_pct"]), str(r.get("cite", ""))))
+            except InputError as exc:
+                raise bad(exc.message) from None
+        ring_names = {r.name for r in rings}
+        goals, cites = [], []
+        if not isinstance(d["goals"], list) or not d["goals"]:
+            raise bad("'goals' must be a non-empty list")
+        for i, gd in enumerate(d["goals"]):
+            gd = dict(gd)
+            cite = gd.pop("cite", "")
+            if cite and cite not in citations:
+                raise bad(f"goal #{i + 1}: citation '{cite}' is not in 'citations'")
+            try:
+                g = ClinicalGoal.from_dict(gd)
+            except InputError as exc:
+                raise bad(f"goal #{i + 1}: {exc.message}") from None
+            if g.structure not in structures and g.structure not in ring_names:
+                raise bad(f"goal #{i + 1}: structure '{g.structure}' is not listed under 'structures'")
+            if g.control:
+                raise bad(f"goal #{i + 1}: control goals come from the planner, not from a template")
+            if cite and not g.note:
+                from dataclasses import replace
+
+                g = replace(g, note=str(citations[cite]).split(":")[0][:80])
+            goals.append(g)
+            cites.append(cite)
+        rx = []
+        for p in d.get("prescriptions", []):
+            if not isinstance(p, dict) or p.get("structure") not in structures:
+                raise bad(f"prescription {p}: structure must be one of the template's structures")
+            from core.patient import Prescription
+
+            try:
+                Prescription(p["structure"], float(p["dose_gy"]), int(p.get("fractions", 1)))
+            except (InputError, KeyError, TypeError, ValueError) as exc:
+                raise bad(f"prescription {p}: {exc}") from None
+            rx.append({"structure": p["structure"], "dose_gy": float(p["dose_gy"]),
+                       "fractions": int(p.get("fractions", 1))})
+        aliases = tuple(str(a).lower() for a in d.get("aliases", []))
+        return cls(site, str(d["version"]), str(d["title"]), aliases, tuple(rx), structures, tuple(goals),
+                   tuple(rings), dict(citations), str(path), tuple(cites))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ProtocolTemplate":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError("protocol template not found", path) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"not a valid JSON protocol template ({exc})", path) from None
+        return cls.from_dict(d, path)
+
+    # -- structure matching ------------------------------------------------------------
+    def match_structures(self, names) -> dict:
+        """Template structure name -> the patient's structure name, for those found.
+
+        An exact name wins; otherwise the canonical forms of the name and its synonyms
+        are compared with the canonical forms of the patient's names.
+        """
+        names = list(names)
+        by_key: dict = {}
+        for n in names:
+            by_key.setdefault(canonical_name(n), n)
+        out = {}
+        for tname, spec in self.structures.items():
+            if tname in names:
+                out[tname] = tname
+                continue
+            for k in [canonical_name(tname)] + [canonical_name(s) for s in spec.synonyms]:
+                if k in by_key:
+                    out[tname] = by_key[k]
+                    break
+        return out
+
+    def prescription_for(self, structure: str) -> float | None:
+        for p in self.prescriptions:
+            if p["structure"] == structure:
+                return p["dose_gy"]
+        return None
+
+    def goals_for(self, structure_names, rx_by_target: dict | None = None) -> tuple[list, list]:
+        """The template's goals renamed to the patient's structures.
+
+        Parameters
+        ----------
+        structure_names : iterable of str
+            The patient's structure names (ring names are accepted as they are).
+        rx_by_target : dict, optional
+            Patient prescription per *patient* target name; ring goals scale with it.
+
+        Returns
+        -------
+        goals : list of ClinicalGoal
+        warnings : list of str
+            One per goal dropped because its structure is missing.
+        """
+        from dataclasses import replace
+
+        names = list(structure_names)
+        match = self.match_structures(names)
+        goals, warnings = [], []
+        ring_by_name = {r.name: r for r in self.rings}
+        for g in self.goals:
+            if g.structure in ring_by_name:
+                continue
+            pname = match.get(g.structure)
+            if pname is None:
+                warnings.append(f"{self.site} template: no structure matches '{g.structure}'; "
+                                f"goal '{g.label}' left out")
+                continue
+            goals.append(replace(g, structure=pname))
+        for r in self.rings:
+            tname = match.get(r.target)
+            if tname is None:
+                continue
+            rx = (rx_by_target or {}).get(tname) or self.prescription_for(r.target)
+            if rx is None:
+                warnings.append(f"ring '{r.name}': no prescription for '{r.target}'; ring goal left out")
+                continue
+            goals.append(r.goal(rx))
+        return goals, warnings
+
+
+def _scan(folder: Path) -> dict:
+    out = {}
+    if folder.is_dir():
+        for p in sorted(folder.glob("*.json")):
+            t = ProtocolTemplate.from_file(p)
+            out[t.site] = t
+    return out
+
+
+def available_templates(include_user: bool = True) -> dict:
+    """Site key -> ProtocolTemplate; user templates replace built-in ones of the same site."""
+    out = _scan(builtin_protocol_dir())
+    if include_user:
+        out.update(_scan(user_protocol_dir()))
+    return out
+
+
+def available_sites() -> list[str]:
+    return sorted(available_templates())
+
+
+def load_template(site: str) -> ProtocolTemplate:
+    """The template for a site key or alias (``hn``, ``nasopharynx``, ``lung``, ...)."""
+    key = str(site).strip().lower()
+    templates = available_templates()
+    if key in templates:
+        return templates[key]
+    for t in templates.values():
+        if key in t.aliases:
+            return t
+    raise InputError(f"no protocol template for site '{site}' (have: {', '.join(sorted(templates))})")
+
+
+def add_ring_structures(patient, template: ProtocolTemplate) -> list[str]:
+    """Add the template's helper rings to ``patient`` (role HELPER, ``rule`` kept).
+
+    Each ring is the shell from ``inner_mm`` to ``outer_mm`` outside its target, minus
+    every target and limited to the body. Existing structures of the same name are
+    replaced only when they were made by a rule (so a hand-drawn ring is kept).
+    Returns the names added.
+    """
+    import numpy as np
+
+    from core.optimization.conformity import ring_mask
+    from core.patient import Structure, StructureRole
+
+    match = template.match_structures(patient.structures)
+    all_targets = np.zeros(patient.grid.shape, dtype=bool)
+    for s in patient.targets:
+        all_targets |= s.mask
+    try:
+        body = patient.external_mask()
+    except InputError:
+        body = None
+    added = []
+    for r in template.rings:
+        tname = match.get(r.target)
+        if tname is None or patient.structures[tname].is_empty:
+            continue
+        old = patient.structures.get(r.name)
+        if old is not None and old.rule is None:
+            continue
+        exclude = all_targets if body is None else (all_targets | ~body)
+        mask = ring_mask(patient.structures[tname].mask, patient.grid, r.inner_mm, r.outer_mm, exclude)
+        rule = {"kind": "ring", "source": tname, "inner_mm": r.inner_mm, "outer_mm": r.outer_mm,
+                "exclude": "targets"}
+        patient.add_structure(Structure(r.name, mask, StructureRole.HELPER, (200, 200, 200), True, rule),
+                              replace=True)
+        added.append(r.name)
+    return added
+
+
+def goals_for_patient(patient, site: str | ProtocolTemplate, add_rings: bool = True) -> tuple[list, list]:
+    """The site template's goals for ``patient`` (rings added to the patient when asked).
+
+    Returns ``(goals, warnings)``.
+    """
+    t = site if isinstance(site, ProtocolTemplate) else load_template(site)
+    if add_rings:
+        add_ring_structures(patient, t)
+    rx = {p.structure: p.dose_gy for p in patient.prescriptions}
+    goals, warnings = t.goals_for(list(patient.structures), rx)
+    if not add_rings:
+        goals = [g for g in goals if g.structure in patient.structures]
+    return goals, warnings
