@@ -68,6 +68,7 @@ _SPACING_RTOL = 0.01        # slice steps within 1 % of the median are file roun
 _SPACING_ATOL_MM = 0.01
 _GAP_FACTOR = 1.5           # a step this many times the median is a missing slice
 _INPLANE_TOL_MM = 0.05      # row/column origin may wander this much between slices
+_PLANAR_TOL_MM = 0.1        # an axial contour's z may vary this much (rounding in the file)
 
 
 class _IncompleteSeries(DicomError):
@@ -637,7 +638,7 @@ def _structures_from_ds(ds, path: Path, grid: Grid, match: str, strict_outside: 
         rc = contours.get(num)
         color = tuple(int(v) for v in rc.ROIDisplayColor) if rc is not None and rc.get("ROIDisplayColor") \
             and len(rc.ROIDisplayColor) == 3 else None
-        closed, points = [], []
+        closed, points, tilted = [], [], 0
         for c in (rc.get("ContourSequence") or []) if rc is not None else []:
             pts = _contour_points(c)
             if pts is None or pts.size == 0:
@@ -650,10 +651,14 @@ def _structures_from_ds(ds, path: Path, grid: Grid, match: str, strict_outside: 
             gtype = str(c.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
             if gtype == "POINT":
                 points.extend(pts.tolist())
-            elif gtype == "CLOSED_PLANAR":
-                if len(pts) >= 3:
+            elif gtype == "CLOSED_PLANAR" and len(pts) >= 3:
+                if np.ptp(pts[:, 2]) > _PLANAR_TOL_MM:
+                    tilted += 1  # a sagittal/coronal/oblique contour cannot be filled on axial slices
+                else:
                     closed.append(pts)
             # OPEN_PLANAR / OPEN_NONPLANAR lines enclose no volume: not filled
+        if tilted:
+            warns.append(f"ROI '{name}': {tilted} contour(s) not drawn on an axial plane were ignored")
         dtype = types.get(num)
         is_marker = (dtype or "").upper() in ("ISOCENTER", "MARKER")
         if not closed and (points or is_marker):  # a point ROI: a position, not a volume
@@ -845,8 +850,11 @@ def load_dicom_folder(path, progress=None, cancel=None) -> Patient:
     for p, ds in usable.get("CT", []):
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((p, ds))
     if len(series) > 1:
-        desc = "; ".join(f"{uid} ({len(v)} images{', ' + str(v[0][1].SeriesDescription) if v[0][1].get('SeriesDescription') else ''})"
-                         for uid, v in series.items())
+        def _describe(uid, v):
+            label = str(v[0][1].get("SeriesDescription", "") or "")
+            return f"{uid} ({len(v)} images{', ' + label if label else ''})"
+
+        desc = "; ".join(_describe(uid, v) for uid, v in series.items())
         raise DicomError(f"the folder holds {len(series)} CT series, keep one per folder: {desc}", folder)
     structs = usable.get("RTSTRUCT", [])
     doses = usable.get("RTDOSE", [])

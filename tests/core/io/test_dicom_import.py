@@ -215,6 +215,15 @@ def test_ring_with_hole_and_two_islands_on_one_slice(tmp_path):
     assert m[10][islands].all() and islands.sum() > 20
 
 
+def test_non_axial_contour_is_ignored_with_a_warning(tmp_path):
+    sagittal = np.array([[0.0, 0.0, 0.0], [0.0, 20.0, 0.0], [0.0, 20.0, 20.0], [0.0, 0.0, 20.0]])
+    rois = [{"name": "Sag", "contours": [sagittal, f.rect(-5, 5, 0, 10, Z[10])]}]
+    build_case(tmp_path, dose=False, plan=False, rois=rois)
+    p = load_dicom_folder(tmp_path)
+    assert any("'Sag'" in w and "1 contour(s) not drawn on an axial plane" in w for w in p.warnings)
+    assert p.structure("Sag").mask.any(axis=(1, 2)).nonzero()[0].tolist() == [10]
+
+
 def test_contour_entirely_outside_is_an_error_naming_the_roi(tmp_path):
     rois = [{"name": "Far", "contours": [f.circle(0, 0, 500.0, 10)]}]
     build_case(tmp_path, dose=False, plan=False, rois=rois)
