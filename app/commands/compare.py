@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("plans_a", metavar="PLANS_A", help="reference plan set: folder of ID/ plan folders, ID.npz "
                    "DOSE files or ID.dcm RTDOSE files")
     p.add_argument("plans_b", metavar="PLANS_B", help="plan set under test (same layout)")
-    p.add_argument("--patients", required=True, metavar="DIR", help="folder of ID.npz OpenKBP cases or ID/ DICOM folders")
+    p.add_argument("--patients", required=True, metavar="DIR",
+                   help="folder of ID.npz OpenKBP cases or ID/ DICOM folders")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--metrics", default=None,
                    help="comma-separated endpoints (default D95,D2,D98,mean,max,CI,HI); also D1, D50, D99, "

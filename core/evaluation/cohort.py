@@ -26,9 +26,9 @@ tables with :mod:`core.evaluation.dvh` and :mod:`core.evaluation.indices`.
 EQD2 (``eqd2=True``): each plan's dose is converted voxel by voxel,
 ``EQD2 = D (D/n + a/b) / (2 + a/b)``, with that plan set's number of fractions ``n``
 and the structure's alpha/beta (default 10 Gy for targets, 2 Gy for spinal cord and
-brainstem, 3 Gy for other organs at risk, overridable per structure), before the endpoints are taken; this is what makes plan
-sets with different fractionations comparable. The metric names then end in
-``_EQD2``.
+brainstem, 3 Gy for other organs at risk, overridable per structure), before the
+endpoints are taken; this is what makes plan sets with different fractionations
+comparable. The metric names then end in ``_EQD2``.
 """
 
 from __future__ import annotations

@@ -111,7 +111,8 @@ def summary_rows(result) -> list:
     rows = []
     for e in result.endpoints:
         d = e.to_dict()
-        rows.append({"group_by": result.group[0] if result.group else "", "group": result.group[1] if result.group else "",
+        by, val = result.group if result.group else ("", "")
+        rows.append({"group_by": by, "group": val,
                      "structure": e.structure, "metric": e.metric, "n": e.n, "mean_a": d["mean_a"],
                      "mean_b": d["mean_b"], "mean_diff": d["mean_diff"], "mean_diff_ci_lo": e.mean_diff_ci95[0],
                      "mean_diff_ci_hi": e.mean_diff_ci95[1], "rel_diff_pct": e.rel_diff_pct,

@@ -97,9 +97,12 @@ def results_html(results: dict, arm_names: dict) -> str:
     pref = {"all cases": results["preferred_by"]}
     pref.update({s: d["preferred_by"] for s, d in results["per_site"].items()})
 
+    def pct(x, n):
+        return _fmt(x * 100 if n else None)
+
     def share_row(name, d):
-        return (f"<tr><td>{html.escape(name)}</td><td>{d['k']}/{d['n']}</td><td>{_fmt(d['share'] * 100 if d['n'] else None)} %"
-                f"</td><td>{_fmt(d['ci95'][0] * 100 if d['n'] else None)} - {_fmt(d['ci95'][1] * 100 if d['n'] else None)} %</td></tr>")
+        return (f"<tr><td>{html.escape(name)}</td><td>{d['k']}/{d['n']}</td><td>{pct(d['share'], d['n'])} %</td>"
+                f"<td>{pct(d['ci95'][0], d['n'])} - {pct(d['ci95'][1], d['n'])} %</td></tr>")
 
     ident = results["identification"]
     rows = [share_row(f"{auto} plan acceptable", results["acceptance"]["automated"]),
@@ -110,7 +113,8 @@ def results_html(results: dict, arm_names: dict) -> str:
         f"<tr><td>{html.escape(r)}</td><td>{_fmt(d['acceptance']['automated']['share'] * 100)} %</td>"
         f"<td>{_fmt(d['acceptance']['manual']['share'] * 100)} %</td>"
         f"<td>{_fmt(d['automated_preferred']['share'] * 100)} %</td>"
-        f"<td>{_fmt(d['identification']['share'] * 100)} % (p={_fmt(d['identification']['p_binomial_vs_chance'], 3)})</td></tr>"
+        f"<td>{_fmt(d['identification']['share'] * 100)} % "
+        f"(p={_fmt(d['identification']['p_binomial_vs_chance'], 3)})</td></tr>"
         for r, d in results["per_reviewer"].items() if d["n_ratings"])
     kappas = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v, 3)}</td></tr>"
                      for k, v in results["fleiss_kappa"].items())
