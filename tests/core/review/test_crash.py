@@ -62,3 +62,31 @@ def test_answers_survive_sigkill_mid_write(tmp_path):
             assert st.answers_for("ann", c)[q] == v
         assert st.answers_for("bob", "pt_1") == {"comment": "bob's earlier answer"}
         assert st.store.query("PRAGMA integrity_check")[0][0] == "ok"
+
+
+FINITE_WRITER = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+from core.review.study import ReviewStudy
+st = ReviewStudy(sys.argv[1])
+reviewer, n = sys.argv[3], int(sys.argv[4])
+cases = st.case_ids()
+for i in range(n):
+    st.save_answer(reviewer, cases[i % len(cases)], "comment", f"{reviewer} {i}")
+"""
+
+
+def test_two_reviewers_saving_at_the_same_time_lose_nothing(tmp_path):
+    # WAL + busy_timeout: concurrent writers queue for the lock instead of failing
+    st, study, key = make_study(tmp_path, n_cases=3, reviewers=("ann", "bob"))
+    st.close()
+    n = 60
+    procs = [subprocess.Popen([sys.executable, "-c", FINITE_WRITER, str(study), str(REPO), r, str(n)],
+                              stderr=subprocess.PIPE, text=True) for r in ("ann", "bob")]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    with ReviewStudy(study) as st:
+        for r in ("ann", "bob"):
+            rows = st.store.query("SELECT value FROM answer_log WHERE reviewer = ? ORDER BY id", (r,))
+            assert [v for (v,) in rows] == [f"{r} {i}" for i in range(n)]
