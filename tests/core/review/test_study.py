@@ -11,7 +11,8 @@ import pytest
 
 from core.errors import InputError
 from core.review.aggregate import aggregate, ratings_from_study
-from core.review.study import (FIXED_MTIME, ReviewStudy, add_reviewer, assign_orders, read_sources, unblind)
+from core.review.study import (FIXED_MTIME, CaseInput, ReviewStudy, add_reviewer, assign_orders, create_study,
+                               read_sources, unblind)
 from tests.core.review.helpers import ARM_NAMES, AUTO_DIR, MANUAL_DIR, make_study
 
 ALL = {"acceptable_a": "agree", "acceptable_b": "agree", "prefer_a": "agree", "generated_a": "agree"}
@@ -195,6 +196,11 @@ def test_add_reviewer_and_bad_create_input(tmp_path):
     assert not (tmp_path / "q" / "study").exists()
     with pytest.raises(InputError, match="reviewer names repeat"):
         make_study(tmp_path / "r", n_cases=2, reviewers=("ann", "ann"))
+    src = tmp_path / AUTO_DIR / "pt_1.npz"
+    with pytest.raises(InputError, match="key must be kept outside the study folder"):
+        create_study(tmp_path / "k" / "study", [CaseInput("pt_1", src, src)], ["ann"], 1,
+                     key_path=tmp_path / "k" / "study" / "sub" / "key.sqlite")
+    assert not (tmp_path / "k" / "study").exists()
 
 
 # -- locks and damage ----------------------------------------------------------------------------
