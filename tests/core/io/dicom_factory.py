@@ -153,7 +153,7 @@ def make_rtstruct(path, rois, uids, *, ct_series_uid=None, patient_id="TEST001",
 
 
 def make_rtdose(path, dose_gy: np.ndarray, uids, *, origin_xyz=(-50.0, -40.0, 0.0), spacing=(2.0, 2.0, 2.0),
-                scaling=1e-5, absolute_offsets=False, descending=False, patient_id="TEST001"):
+                scaling=1e-5, absolute_offsets=False, descending=False, patient_id="TEST001", summation="PLAN"):
     """RTDOSE of ``dose_gy`` (frames, rows, cols) Gy; ``spacing`` = (row, col, frame) mm.
 
     ``descending``: frames stored superior to inferior (negative GridFrameOffsetVector steps).
@@ -178,7 +178,7 @@ def make_rtdose(path, dose_gy: np.ndarray, uids, *, origin_xyz=(-50.0, -40.0, 0.
     ds.PixelRepresentation = 0
     ds.DoseUnits = "GY"
     ds.DoseType = "PHYSICAL"
-    ds.DoseSummationType = "PLAN"
+    ds.DoseSummationType = summation
     ds.DoseGridScaling = _ds_str(scaling) if scaling >= 1e-6 else f"{scaling:.6e}"
     ds.PixelData = np.rint(data / float(ds.DoseGridScaling)).astype("<u4").tobytes()
     return write(ds, path)

@@ -263,6 +263,29 @@ def test_rtdose_offsets_relative_absolute_descending_agree(tmp_path):
         np.testing.assert_allclose(d.dose_gy, dose_field(), atol=0.5e-5 + 1e-5 * 1e-3)
 
 
+def test_beam_doses_without_plan_dose_are_summed(tmp_path):
+    uids = build_case(tmp_path, dose=False, plan=False, rois=[])
+    kw = dict(origin_xyz=(-30.0, -10.0, 0.0), spacing=(3.0, 3.0, 2.5), summation="BEAM")
+    f.make_rtdose(tmp_path / "RD1.dcm", dose_field(), uids, **kw)
+    f.make_rtdose(tmp_path / "RD2.dcm", 2 * dose_field(), uids, **kw)
+    p = load_dicom_folder(tmp_path)
+    np.testing.assert_allclose(p.dicom["rtdose_native"].dose_gy, 3 * dose_field(), atol=2e-5)
+    assert any("summed" in w for w in p.warnings)
+
+
+def test_dicom_modules_import_cheaply():
+    # the CLI imports the loader on every start: pydicom only when a DICOM file is read
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    code = ("import sys, core.io.dicom_import, core.io.dicom_export, core.io.rasterize; "
+            "print(sorted(m for m in ('torch', 'pydicom', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_dose_resampled_to_ct_and_native_kept(case):
     _, _, p = case
     native = p.dicom["rtdose_native"]
