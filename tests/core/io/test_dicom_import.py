@@ -159,9 +159,35 @@ def test_oblique_orientation_is_an_error(tmp_path):
 
 
 # -- structures ----------------------------------------------------------------------------
+def _centres():
+    return np.meshgrid(Z, -40 + 2.0 * np.arange(NY), -50 + 1.5 * np.arange(NX), indexing="ij")
+
+
+def test_sphere_and_cylinder_masks_are_the_analytic_voxel_centres(case):
+    # Voxel-centre rule: the mask must be exactly the voxels whose centre lies inside the
+    # analytic shape, except centres closer to the surface than the 180-gon's chord
+    # error (r (1 - cos(pi/180)) < 0.0031 mm), which may fall either way.
+    _, _, p = case
+    z, y, x = _centres()
+    cx, cy, cz = C_SPHERE
+    d = np.hypot(x - cx, y - cy)
+    r_slice = np.sqrt(np.maximum(R_SPHERE**2 - (z - cz) ** 2, 0))
+    sure = np.abs(d - r_slice) > 0.0031 + 1e-9
+    inside = (d < r_slice) & (np.abs(z - cz) < R_SPHERE)
+    m = p.structure("PTV60").mask
+    assert (m[sure] == inside[sure]).all() and sure.mean() > 0.999
+    dc = np.hypot(x - C_CYL[0], y - C_CYL[1])
+    sure = np.abs(dc - R_CYL) > 0.0019
+    inside = (dc < R_CYL) & (z >= Z_CYL[0]) & (z <= Z_CYL[1])
+    m = p.structure("Cord").mask
+    assert (m[sure] == inside[sure]).all()
+
+
 def test_sphere_and_cylinder_volumes_within_2_percent(case):
-    # 180-gon circles lose 0.02 % of area; voxel-centre sampling of a 2 x 1.5 mm grid
-    # and the 2 mm slab representation in z leave well under 1 %; 2 % is the spec's bound.
+    # What remains is sampling: counting 2 x 1.5 x 2 mm voxel centres inside a 20 mm
+    # sphere is 1.3 % low here, inside a 12 mm circle repeated on every plane 1.9 % low
+    # (lattice-point counts of a circle scatter by about perimeter x pixel / area).
+    # 2 % is the bound the project set for contour import.
     _, _, p = case
     v_sphere = 4 / 3 * np.pi * R_SPHERE**3 / 1000
     assert p.structure("PTV60").volume_cc(p.grid) == pytest.approx(v_sphere, rel=0.02)
