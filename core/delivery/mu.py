@@ -39,7 +39,9 @@ def plan_mu_summary(segmented_beams, fractions: int = 1, dose_per_fraction_gy: f
     dict
         ``total_mu`` (course), ``total_mu_per_fraction``, ``n_segments``, ``mu_per_cgy``
         (or None), ``beams``: [{``beam_index``, ``mu``, ``mu_per_fraction``, ``n_segments``,
-        ``min_segment_mu_per_fraction``, ``mean_segment_area_cm2``, ``modulation``}], where
+        ``min_segment_mu_per_fraction``, ``mean_segment_area_cm2``, ``modulation``, and from the
+        sequencer ``levels``, ``dropped_segments``, ``dropped_fluence_pct``,
+        ``beamlet_rms_change_pct``, ``beamlet_max_change_pct``}], where
         ``modulation`` is beam MU / largest beamlet weight (1 = an open field).
     """
     beams = []
@@ -53,6 +55,8 @@ def plan_mu_summary(segmented_beams, fractions: int = 1, dose_per_fraction_gy: f
             "min_segment_mu_per_fraction": (min(s.mu for s in segs) / fractions) if segs else None,
             "mean_segment_area_cm2": float(np.mean(areas)) if areas else None,
             "modulation": sb.info.get("modulation"),
+            **{k: sb.info.get(k) for k in ("levels", "dropped_segments", "dropped_fluence_pct",
+                                           "beamlet_rms_change_pct", "beamlet_max_change_pct")},
         })
     total = float(sum(b["mu"] for b in beams))
     mu_per_cgy = None

@@ -68,7 +68,8 @@ class Segment:
         for name in ("jaw_x_mm", "jaw_y_mm"):
             j = tuple(float(v) for v in getattr(self, name))
             if len(j) != 2 or not np.all(np.isfinite(j)) or j[0] > j[1]:
-                raise InputError(f"segment {name.replace('_mm', '').replace('_', ' ')} must be (lower, upper) in mm, got {j}")
+                what = name.replace("_mm", "").replace("_", " ")
+                raise InputError(f"segment {what} must be (lower, upper) in mm, got {j}")
             object.__setattr__(self, name, j)
         mu = float(self.mu)
         if not np.isfinite(mu) or mu < 0:
@@ -84,7 +85,8 @@ class Segment:
         edges = mlc.boundaries
         lo = np.clip(edges[:-1], *self.jaw_y_mm)
         hi = np.clip(edges[1:], *self.jaw_y_mm)
-        w = np.clip(np.minimum(self.leaf_b_mm, self.jaw_x_mm[1]) - np.maximum(self.leaf_a_mm, self.jaw_x_mm[0]), 0, None)
+        x1, x2 = self.jaw_x_mm
+        w = np.clip(np.minimum(self.leaf_b_mm, x2) - np.maximum(self.leaf_a_mm, x1), 0, None)
         return float(np.sum((hi - lo) * w))
 
     def problems(self, mlc: MultileafCollimator, interdigitation: bool | None = None, tol_mm: float = 1e-6) -> list:
@@ -101,7 +103,8 @@ class Segment:
             out.append(f"leaf pair {int(np.argmin(gap)) + 1} is closer than the minimum gap {mlc.min_gap_mm:g} mm")
         for bank, x in (("A", a), ("B", b)):
             if x.max() - x.min() > mlc.max_leaf_span_mm + tol_mm:
-                out.append(f"bank {bank} spans {x.max() - x.min():.1f} mm, more than the {mlc.max_leaf_span_mm:g} mm carriage limit")
+                out.append(f"bank {bank} spans {x.max() - x.min():.1f} mm, more than the "
+                           f"{mlc.max_leaf_span_mm:g} mm carriage limit")
         inter = mlc.interdigitation if interdigitation is None else interdigitation
         if not inter:
             # opposing leaves of neighbouring pairs must keep the minimum gap too

@@ -190,7 +190,8 @@ class SequencingOptions:
 
     def __post_init__(self):
         if self.algorithm not in SEQUENCERS:
-            raise InputError(f"unknown leaf-sequencing algorithm '{self.algorithm}' (have: {', '.join(sorted(SEQUENCERS))})")
+            raise InputError(f"unknown leaf-sequencing algorithm '{self.algorithm}' "
+                             f"(have: {', '.join(sorted(SEQUENCERS))})")
         if int(self.levels) != self.levels or self.levels < 1:
             raise InputError(f"intensity levels must be a positive integer, got {self.levels}")
         if int(self.min_levels) != self.min_levels or self.min_levels < 1:
@@ -273,7 +274,8 @@ def pair_overlap(mlc: MultileafCollimator, lattice: BeamletLattice) -> tuple:
     pairs = np.nonzero((edges[1:] > vlo + 1e-9) & (edges[:-1] < vhi - 1e-9))[0]
     rlo = lattice.v_centers_mm - dv / 2
     rhi = lattice.v_centers_mm + dv / 2
-    ov = np.clip(np.minimum(edges[pairs + 1, None], rhi[None, :]) - np.maximum(edges[pairs, None], rlo[None, :]), 0, None)
+    ov = np.clip(np.minimum(edges[pairs + 1, None], rhi[None, :]) - np.maximum(edges[pairs, None], rlo[None, :]),
+                 0, None)
     return pairs, ov
 
 
@@ -418,8 +420,8 @@ def _sequence_at_levels(pair_map, levels, opts, realizer, mlc):
     return q, step, segs, dropped
 
 
-def sequence_fluence(weights_mu, pos_mm, size_mm, mlc: MultileafCollimator | str, options: SequencingOptions | None = None,
-                     beam_index: int = 0) -> SegmentedBeam:
+def sequence_fluence(weights_mu, pos_mm, size_mm, mlc: MultileafCollimator | str,
+                     options: SequencingOptions | None = None, beam_index: int = 0) -> SegmentedBeam:
     """Sequence one beam's beamlet weights into step-and-shoot segments.
 
     Parameters
@@ -487,6 +489,9 @@ def sequence_fluence(weights_mu, pos_mm, size_mm, mlc: MultileafCollimator | str
         beamlet_max_change_pct=100.0 * float(np.abs(diff).max()) / float(w.max()),
         modulation=sb.mu / float(w.max()),
         interdigitation=inter,
+        # every beamlet row inside one leaf pair? If not, pairs average neighbouring rows
+        # (a half-beamlet offset smooths the fluence along v; see pair_mapping_max_change_mu)
+        rows_on_leaf_pairs=bool(np.all(np.isclose(ov.max(axis=0), lattice.size_mm[1]))),
     )
     return SegmentedBeam(beam_index, mlc.name, tuple(segs), info)
 
@@ -533,3 +538,22 @@ def sequence_plan(weights_mu, beamlet_beam, beamlet_pos_mm, beamlet_size_mm, bea
             out.append(sequence_fluence(w[sel], pos[sel], beamlet_size_mm, dev, options, beam_index=i))
         report(progress, i + 1, n_beams, f"beam {i + 1}/{n_beams}", segments=out[-1].n_segments)
     return out
+
+
+def sequence_influence(dij, weights_mu, options: SequencingOptions | None = None,
+                       mlc: MultileafCollimator | str | None = None, progress=None, cancel=None) -> tuple:
+    """Sequence the optimized weights of a :class:`~core.dose.influence.DoseInfluence`.
+
+    Returns
+    -------
+    segmented_beams : list of SegmentedBeam
+    deliverable_mu : (n_beamlets,) float64 ndarray
+        What the segments deliver, as beamlet weights: the final dose is
+        ``dij.dose_on_grid(deliverable_mu)``.
+    """
+    from core.delivery.segments import deliverable_weights
+
+    w = weights_mu.detach().cpu().numpy() if hasattr(weights_mu, "detach") else np.asarray(weights_mu)
+    sbs = sequence_plan(w, dij.beamlet_beam, dij.beamlet_pos_mm, dij.beamlet_size_mm, dij.beams, options, mlc,
+                        progress, cancel)
+    return sbs, deliverable_weights(sbs, dij.beamlet_beam, dij.beamlet_pos_mm, dij.beamlet_size_mm)

@@ -32,8 +32,9 @@ table{border-collapse:collapse;margin:6px 0;font-size:13px}th,td{border:1px soli
 th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .met{color:#0a7d20;font-weight:bold}.notmet{color:#c00;font-weight:bold}.na{color:#777}
 .pics{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}.pics figure{margin:0}
-figcaption{font-size:12px;color:#444;text-align:center}.sw{display:inline-block;width:12px;height:12px;
-border:1px solid #555;margin-right:5px;vertical-align:middle}.legend span.item{margin-right:14px;white-space:nowrap;font-size:13px}
+figcaption{font-size:12px;color:#444;text-align:center}
+.sw{display:inline-block;width:12px;height:12px;border:1px solid #555;margin-right:5px;vertical-align:middle}
+.legend span.item{margin-right:14px;white-space:nowrap;font-size:13px}
 .note{font-size:12px;color:#555}.warn{color:#8a5a00}
 """
 
@@ -59,6 +60,17 @@ def _fmt(v, digits: int = 2) -> str:
     return escape(str(v))
 
 
+def _tr(cells, title: str | None = None) -> str:
+    """A table row; ``cells`` are (html, numeric) pairs or ready ``<td>`` strings."""
+    tds = [c if isinstance(c, str) else (f'<td class="num">{c[0]}</td>' if c[1] else f"<td>{c[0]}</td>") for c in cells]
+    head = f'<tr title="{escape(title)}">' if title else "<tr>"
+    return head + "".join(tds) + "</tr>"
+
+
+def _th(*names) -> str:
+    return "<tr>" + "".join(f"<th>{n}</th>" for n in names) + "</tr>"
+
+
 def _met_cell(met) -> str:
     if met is None:
         return '<td class="na">not evaluable</td>'
@@ -75,17 +87,18 @@ def _goal_row(r) -> dict:
         d = dict(r)
         achieved, met = d.pop("achieved", None), d.pop("met", None)
         g = ClinicalGoal.from_dict(d)
-    target = "as low as possible" if g.value is None else f"{'>=' if g.kind.is_lower_bound else '<='} {g.value:g} {g.unit}"
+    sign = ">=" if g.kind.is_lower_bound else "<="
+    target = "as low as possible" if g.value is None else f"{sign} {g.value:g} {g.unit}"
     return {"priority": g.priority, "structure": g.structure, "metric": g.metric, "target": target,
             "achieved": achieved, "unit": g.unit, "met": met, "label": g.label, "note": g.note}
 
 
 def _goal_table(rows) -> str:
-    out = ['<table><tr><th>Priority</th><th>Structure</th><th>Metric</th><th>Goal</th><th>Achieved</th><th>Result</th></tr>']
+    out = ["<table>" + _th("Priority", "Structure", "Metric", "Goal", "Achieved", "Result")]
     for r in sorted((_goal_row(r) for r in rows), key=lambda x: x["priority"]):
         ach = "&ndash;" if r["achieved"] is None else f'{_fmt(r["achieved"])} {r["unit"]}'
-        out.append(f'<tr title="{escape(r["label"])}"><td class="num">P{r["priority"]}</td><td>{escape(r["structure"])}</td>'
-                   f'<td>{escape(r["metric"])}</td><td>{escape(r["target"])}</td><td class="num">{ach}</td>{_met_cell(r["met"])}</tr>')
+        out.append(_tr([(f'P{r["priority"]}', True), (escape(r["structure"]), False), (escape(r["metric"]), False),
+                        (escape(r["target"]), False), (ach, True), _met_cell(r["met"])], title=r["label"]))
     out.append("</table>")
     return "\n".join(out)
 
@@ -96,34 +109,35 @@ def _kv_table(d: dict, labels: dict | None = None) -> str:
     for k, v in d.items():
         if isinstance(v, (dict, list)):
             continue
-        rows.append(f'<tr><th>{escape(labels.get(k, k))}</th><td class="num">{_fmt(v, 3 if isinstance(v, float) else 2)}</td></tr>')
+        value = _fmt(v, 3 if isinstance(v, float) else 2)
+        rows.append(f'<tr><th>{escape(labels.get(k, k))}</th><td class="num">{value}</td></tr>')
     return "<table>" + "".join(rows) + "</table>" if rows else ""
 
 
 def _effect_table(effect: dict) -> str:
-    out = ['<table><tr><th>Structure</th><th>Metric</th><th>Ideal fluence (Gy)</th><th>Delivered segments (Gy)</th>'
-           '<th>Change (Gy)</th><th>Change (%)</th></tr>']
+    out = ["<table>" + _th("Structure", "Metric", "Ideal fluence (Gy)", "Delivered segments (Gy)", "Change (Gy)",
+                           "Change (%)")]
     for key, metric, rows in (("D95", "D95", effect.get("targets", [])), ("mean", "mean", effect.get("oars", []))):
         for r in rows:
-            out.append(f'<tr><td>{escape(r["structure"])}</td><td>{metric}</td>'
-                       f'<td class="num">{_fmt(r[f"{key}_fluence_gy"])}</td><td class="num">{_fmt(r[f"{key}_sequenced_gy"])}</td>'
-                       f'<td class="num">{_fmt(r["change_gy"])}</td><td class="num">{_fmt(r.get("change_pct"), 1)}</td></tr>')
+            out.append(_tr([(escape(r["structure"]), False), (metric, False), (_fmt(r[f"{key}_fluence_gy"]), True),
+                            (_fmt(r[f"{key}_sequenced_gy"]), True), (_fmt(r["change_gy"]), True),
+                            (_fmt(r.get("change_pct"), 1), True)]))
     out.append("</table>")
     return "\n".join(out)
 
 
 def _beam_table(beams, segmented_beams, fractions: int) -> str:
-    out = ['<table><tr><th>Beam</th><th>Gantry (&deg;)</th><th>Couch (&deg;)</th><th>Collimator (&deg;)</th>'
-           '<th>Segments</th><th>MU / fraction</th><th>Smallest segment MU / fx</th><th>Modulation</th><th>Levels</th></tr>']
+    out = ["<table>" + _th("Beam", "Gantry (&deg;)", "Couch (&deg;)", "Collimator (&deg;)", "Segments", "MU / fraction",
+                           "Smallest segment MU / fx", "Modulation", "Levels")]
     for sb in segmented_beams:
         b = beams[sb.beam_index] if beams is not None and sb.beam_index < len(beams) else None
         segs = sb.segments
-        out.append(
-            f'<tr><td class="num">{sb.beam_index + 1}</td><td class="num">{_fmt(getattr(b, "gantry_deg", None), 0)}</td>'
-            f'<td class="num">{_fmt(getattr(b, "couch_deg", None), 0)}</td><td class="num">{_fmt(getattr(b, "collimator_deg", None), 0)}</td>'
-            f'<td class="num">{sb.n_segments}</td><td class="num">{_fmt(sb.mu / fractions, 1)}</td>'
-            f'<td class="num">{_fmt(min(s.mu for s in segs) / fractions if segs else None, 1)}</td>'
-            f'<td class="num">{_fmt(sb.info.get("modulation"), 2)}</td><td class="num">{_fmt(sb.info.get("levels"))}</td></tr>')
+        smallest = min(s.mu for s in segs) / fractions if segs else None
+        out.append(_tr([(sb.beam_index + 1, True), (_fmt(getattr(b, "gantry_deg", None), 0), True),
+                        (_fmt(getattr(b, "couch_deg", None), 0), True),
+                        (_fmt(getattr(b, "collimator_deg", None), 0), True),
+                        (sb.n_segments, True), (_fmt(sb.mu / fractions, 1), True), (_fmt(smallest, 1), True),
+                        (_fmt(sb.info.get("modulation"), 2), True), (_fmt(sb.info.get("levels")), True)]))
     out.append("</table>")
     return "\n".join(out)
 
@@ -181,7 +195,8 @@ def write_report(path, patient, dose, goals_table_rows, metrics: dict, *, fluenc
     fractions = int(rx.fractions) if rx is not None else int(metrics.get("fractions", 1) or 1)
     dmax = float(max(d.max(), fd.max() if fd is not None else 0.0)) or 1.0
 
-    shown = [s for s in patient.structures.values() if not s.is_empty and s.role in (StructureRole.TARGET, StructureRole.OAR)]
+    shown = [s for s in patient.structures.values()
+             if not s.is_empty and s.role in (StructureRole.TARGET, StructureRole.OAR)]
     shown.sort(key=lambda s: (s.role is not StructureRole.TARGET, s.name))
     targets = [s for s in shown if s.role is StructureRole.TARGET]
     if targets:
@@ -202,14 +217,18 @@ def write_report(path, patient, dose, goals_table_rows, metrics: dict, *, fluenc
     for plane in ("axial", "coronal", "sagittal"):
         img = dose_wash(d, grid, plane, centre, ct_hu=ct, body=body, structures=outlines, dose_max_gy=dmax)
         pics.append(f'<figure><img alt="{plane} dose" src="{png_data_uri(encode_png(img))}" '
-                    f'width="{img.shape[1]}" height="{img.shape[0]}"><figcaption>{plane.capitalize()}</figcaption></figure>')
+                    f'width="{img.shape[1]}" height="{img.shape[0]}">'
+                    f'<figcaption>{plane.capitalize()}</figcaption></figure>')
     bar = png_data_uri(encode_png(colorbar(240, 16)))
-    scale = (f'<figure><div style="display:flex;gap:4px"><img alt="dose colour scale" src="{bar}" width="16" height="240">'
-             f'<div style="display:flex;flex-direction:column;justify-content:space-between;height:240px;font-size:12px">'
-             f'<span>{dmax:.1f} Gy</span><span>{dmax / 2:.1f} Gy</span><span>{0.1 * dmax:.1f} Gy (wash starts)</span></div></div>'
+    scale = (f'<figure><div style="display:flex;gap:4px">'
+             f'<img alt="dose colour scale" src="{bar}" width="16" height="240">'
+             '<div style="display:flex;flex-direction:column;justify-content:space-between;'
+             'height:240px;font-size:12px">'
+             f'<span>{dmax:.1f} Gy</span><span>{dmax / 2:.1f} Gy</span>'
+             f'<span>{0.1 * dmax:.1f} Gy (wash starts)</span></div></div>'
              f'<figcaption>Dose</figcaption></figure>')
-    legend = "".join(f'<span class="item"><span class="sw" style="background:rgb{tuple(int(c) for c in s.color[:3])}"></span>'
-                     f'{escape(s.name)}</span>' for s in shown)
+    legend = "".join(f'<span class="item"><span class="sw" style="background:rgb{tuple(int(c) for c in s.color[:3])}">'
+                     f'</span>{escape(s.name)}</span>' for s in shown)
 
     # DVH
     bin_gy = dvh_bin_gy or max(dmax / 500.0, 1e-3)
@@ -236,8 +255,12 @@ def write_report(path, patient, dose, goals_table_rows, metrics: dict, *, fluenc
     if all_p1 is None and goal_rows:
         p1 = [_goal_row(r)["met"] for r in goal_rows if _goal_row(r)["priority"] == 1]
         all_p1 = all(bool(m) for m in p1) if p1 else None
-    verdict = ("" if all_p1 is None else
-               f'<p class="{"met" if all_p1 else "notmet"}">{"All priority-1 goals are met." if all_p1 else "Not all priority-1 goals are met."}</p>')
+    if all_p1 is None:
+        verdict = ""
+    elif all_p1:
+        verdict = '<p class="met">All priority-1 goals are met.</p>'
+    else:
+        verdict = '<p class="notmet">Not all priority-1 goals are met.</p>'
 
     warns = list(patient.warnings) + list(warnings or [])
     summary = {"Patient": patient.patient_id, "Site": metrics.get("site"),
@@ -255,7 +278,8 @@ def write_report(path, patient, dose, goals_table_rows, metrics: dict, *, fluenc
         'a qualified physicist and physician must review and approve every plan.</p>',
     ]
     if warns:
-        parts.append("<h2>Warnings</h2><ul>" + "".join(f'<li class="warn">{escape(str(w))}</li>' for w in warns) + "</ul>")
+        items = "".join(f'<li class="warn">{escape(str(w))}</li>' for w in warns)
+        parts.append(f"<h2>Warnings</h2><ul>{items}</ul>")
     parts += ["<h2>Clinical goals</h2>", verdict, _goal_table(goal_rows) if goal_rows else "<p>No goals.</p>",
               "<h2>Plan metrics</h2>", _kv_table(scalar, _METRIC_LABELS)]
     timings = metrics.get("timings_s")
@@ -266,11 +290,13 @@ def write_report(path, patient, dose, goals_table_rows, metrics: dict, *, fluenc
         parts.append("<h2>Beams and segments</h2>" + _beam_table(beams, segmented_beams, fractions))
         algo = next((sb.info.get("algorithm") for sb in segmented_beams if sb.info.get("algorithm")), None)
         if algo:
-            parts.append(f'<p class="note">Step-and-shoot sequencing: {escape(algo)} ({escape(segmented_beams[0].mlc_name)} MLC). '
-                         "Doses and metrics in this report are computed from the delivered segments, not the ideal fluence.</p>")
+            parts.append(f'<p class="note">Step-and-shoot sequencing: {escape(algo)} '
+                         f'({escape(segmented_beams[0].mlc_name)} MLC). Doses and metrics in this report are '
+                         "computed from the delivered segments, not the ideal fluence.</p>")
     if effect:
         parts.append("<h2>Effect of leaf sequencing</h2>"
-                     '<p class="note">Ideal (optimized) fluence vs the delivered segments: target D95 and organ mean doses.</p>'
+                     '<p class="note">Ideal (optimized) fluence vs the delivered segments: '
+                     'target D95 and organ mean doses.</p>'
                      + _effect_table(effect))
     parts += [f"<h2>Dose distribution</h2><p class=\"note\">Planes through the {centre_what}; radiological view "
               "(axial: patient right on screen left, anterior up; coronal: right on left, superior up; "

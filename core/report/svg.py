@@ -94,12 +94,14 @@ def dvh_svg(curves, width: int = 760, height: int = 420, dose_max_gy: float | No
             continue
         seen.add(c["name"])
         r, g, b = (int(v) for v in c["color"][:3])
-        out.append(f'<line x1="{ml + pw + 12}" y1="{ly}" x2="{ml + pw + 36}" y2="{ly}" stroke="rgb({r},{g},{b})" stroke-width="3"/>')
+        out.append(f'<line x1="{ml + pw + 12}" y1="{ly}" x2="{ml + pw + 36}" y2="{ly}" '
+                   f'stroke="rgb({r},{g},{b})" stroke-width="3"/>')
         out.append(f'<text x="{ml + pw + 42}" y="{ly + 4}">{escape(str(c["name"]))}</text>')
         ly += 16
     if any(c.get("dashed") for c in curves):
         ly += 6
-        out.append(f'<line x1="{ml + pw + 12}" y1="{ly}" x2="{ml + pw + 36}" y2="{ly}" stroke="#333" stroke-width="1.8"/>')
+        out.append(f'<line x1="{ml + pw + 12}" y1="{ly}" x2="{ml + pw + 36}" y2="{ly}" '
+                   f'stroke="#333" stroke-width="1.8"/>')
         out.append(f'<text x="{ml + pw + 42}" y="{ly + 4}">delivered (segments)</text>')
         ly += 16
         out.append(f'<line x1="{ml + pw + 12}" y1="{ly}" x2="{ml + pw + 36}" y2="{ly}" stroke="#333" '
