@@ -245,6 +245,10 @@ def export_rtplan(patient, beams, segmented_beams, path, *, fractions: int | Non
                     cp.TableTopEccentricAngle = "0"
                     cp.TableTopEccentricRotationDirection = "NONE"
                     cp.IsocenterPosition = iso
+                    # Type 2C on the first control point: present, empty = not specified
+                    cp.TableTopVerticalPosition = ""
+                    cp.TableTopLongitudinalPosition = ""
+                    cp.TableTopLateralPosition = ""
                 # positions on every control point: a viewer never has to carry them over
                 pos = []
                 for kind, vals in (("ASYMX", seg.jaw_x_mm), ("ASYMY", seg.jaw_y_mm),

@@ -60,7 +60,8 @@ def test_rtplan_roundtrip_through_importer(tmp_path):
         assert cps[0]["cumulative_meterset_weight"] == 0.0 and cps[-1]["cumulative_meterset_weight"] == 1.0
         for k, seg in enumerate(sb.segments):
             for cp in (cps[2 * k], cps[2 * k + 1]):   # step and shoot: both CPs of a segment share the aperture
-                np.testing.assert_allclose(cp["mlc_mm"]["MLCX"], np.concatenate([seg.leaf_a_mm, seg.leaf_b_mm]), atol=0.005)
+                leaves = np.concatenate([seg.leaf_a_mm, seg.leaf_b_mm])
+                np.testing.assert_allclose(cp["mlc_mm"]["MLCX"], leaves, atol=0.005)
                 np.testing.assert_allclose(cp["jaws_mm"]["ASYMX"], seg.jaw_x_mm, atol=0.005)
             assert cps[2 * k + 1]["cumulative_mu"] - cps[2 * k]["cumulative_mu"] == pytest.approx(seg.mu / 35, rel=1e-6)
         assert b["limiting_devices"]["MLCX"]["n_pairs"] == 60

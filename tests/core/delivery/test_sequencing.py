@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from core.delivery.mlc import MILLENNIUM_120, get_mlc_device
-from core.delivery.segments import Segment, SegmentedBeam, aperture_coverage, beam_deliverable_weights, deliverable_weights
+from core.delivery.segments import (Segment, SegmentedBeam, aperture_coverage, beam_deliverable_weights,
+                                    deliverable_weights)
 from core.delivery.sequencing import (SequencingOptions, decompose_sweep, decompose_xia_verhey, merge_identical,
                                       reconstruct, sequence_fluence, sequence_plan)
 from core.errors import GeometryError, InputError
@@ -117,15 +118,18 @@ def test_min_mu_drops_small_segments_and_reports_the_loss():
     # the dropped bump is 4 MU x one 25 mm^2 beamlet against 100 MU x 32 beamlets (+ the bump)
     assert sb.info["dropped_fluence_pct"] == pytest.approx(100 * 4 * 25 / (100 * 32 * 25 + 4 * 25), rel=1e-6)
     # min MU is per fraction: over 2 fractions the 4 MU course segment is 2 MU/fx, above 1.5
-    sb2 = sequence_fluence(w, pos, (5.0, 5.0), "millennium120", SequencingOptions(levels=26, min_segment_mu=1.5, fractions=2))
+    opts2 = SequencingOptions(levels=26, min_segment_mu=1.5, fractions=2)
+    sb2 = sequence_fluence(w, pos, (5.0, 5.0), "millennium120", opts2)
     assert sb2.info["dropped_segments"] == 0
 
 
 def test_segment_cap_forces_coarser_levels():
     pos = lattice()
     w = ring_weights(pos, seed=5)
-    free = sequence_fluence(w, pos, (5.0, 5.0), "millennium120", SequencingOptions(levels=20, max_segments=1000, min_segment_mu=0))
-    capped = sequence_fluence(w, pos, (5.0, 5.0), "millennium120", SequencingOptions(levels=20, max_segments=8, min_segment_mu=0))
+    free = sequence_fluence(w, pos, (5.0, 5.0), "millennium120",
+                            SequencingOptions(levels=20, max_segments=1000, min_segment_mu=0))
+    capped = sequence_fluence(w, pos, (5.0, 5.0), "millennium120",
+                              SequencingOptions(levels=20, max_segments=8, min_segment_mu=0))
     assert free.n_segments > 8
     assert capped.n_segments <= 8
     assert capped.info["levels"] < 20 and capped.info["levels_requested"] == 20
@@ -135,7 +139,9 @@ def test_leaf_span_limit_is_respected_for_wide_fields():
     # a 200 mm wide field whose rows open at opposite ends: one bank would span > 145 mm
     u = (np.arange(40) - 20 + 0.5) * 5.0
     pos = np.array([(x, y) for x in u for y in (-2.5, 2.5)])
-    w = np.where((pos[:, 1] < 0) & (pos[:, 0] < -80), 50.0, 0.0) + np.where((pos[:, 1] > 0) & (pos[:, 0] > 80), 50.0, 0.0)
+    low_left = (pos[:, 1] < 0) & (pos[:, 0] < -80)
+    high_right = (pos[:, 1] > 0) & (pos[:, 0] > 80)
+    w = 50.0 * (low_left | high_right)
     sb = sequence_fluence(w, pos, (5.0, 5.0), "millennium120", SequencingOptions(levels=1, min_segment_mu=0))
     assert sb.n_segments == 2   # split into one segment per row group
     for s in sb.segments:
