@@ -33,10 +33,10 @@ def marching_squares(field: np.ndarray, level: float) -> np.ndarray:
     (N, 4) float32 ndarray
         Segments ``(r0, c0, r1, c1)`` in pixel coordinates (fractional).
     """
-    f = np.asarray(field, dtype=np.float32)
+    f = np.asarray(field)
     if f.ndim != 2:
         raise ValueError("marching_squares needs a 2D field")
-    inside = f >= level
+    inside = f >= level  # on the original dtype: a bool mask is not converted as a whole
     if not inside.any():
         return np.zeros((0, 4), np.float32)
     # Work on the bounding box of the enclosed region only (plus one pixel): a small
@@ -48,7 +48,7 @@ def marching_squares(field: np.ndarray, level: float) -> np.ndarray:
     # Pad by one pixel so regions touching the array border close there. A padded value
     # mirrors its neighbour about the level (2 L - f), so the closing line runs half a pixel
     # outside the last pixel centre -- exactly where a mask's edge is.
-    sub = np.pad(f[r0:r1, c0:c1], 1, mode="edge")
+    sub = np.pad(f[r0:r1, c0:c1].astype(np.float32), 1, mode="edge")
     ring = np.ones(sub.shape, bool)
     ring[1:-1, 1:-1] = False
     e = sub[ring]

@@ -89,7 +89,9 @@ class SliceMapping:
         Returns a view where possible (no copy); callers that need contiguous memory
         (QImage) copy once.
         """
-        plane = np.take(volume, int(slice_index), axis=self.slice_axis)
+        index = [slice(None)] * 3
+        index[self.slice_axis] = int(slice_index)
+        plane = volume[tuple(index)]  # basic indexing: a view, no copy (np.take copies)
         # After removing the slice axis the remaining axes keep their relative order.
         if self.row_axis > self.col_axis:
             plane = plane.T

@@ -110,7 +110,7 @@ class VolumeView(QWidget):
         super().showEvent(event)
         if self.plotter is None and self.unavailable_reason is None and not self._init_pending:
             self._init_pending = True
-            QTimer.singleShot(0, self._init_vtk)
+            QTimer.singleShot(0, self, self._init_vtk)  # context object: dropped if the view dies first
         elif self.plotter is not None and self._dirty:
             self._rebuild()
 

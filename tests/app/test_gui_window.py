@@ -1,0 +1,128 @@
+"""The workstation window with the demo patient: loading, actions, DVHs, settings."""
+
+import numpy as np
+import pytest
+
+import widgets  # noqa: F401
+from app import actions as action_table
+
+
+@pytest.fixture
+def workstation(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENATP_SETTINGS_DIR", str(tmp_path))
+    from app.application import Workstation, ensure_qapp
+
+    ensure_qapp()
+    ws = Workstation(headless=True, theme="dark")
+    qtbot.addWidget(ws.window)
+    ws.window.resize(1400, 900)
+    ws.window.show()
+    qtbot.waitExposed(ws.window)
+    yield ws
+    ws.runner.shutdown()
+
+
+def _load_demo(qtbot, ws, demo_case):
+    ws.patients.load(str(demo_case))
+    qtbot.waitUntil(lambda: ws.session.has_patient and not ws.runner.busy, timeout=20000)
+
+
+def test_action_table_is_complete():
+    ids = [s.id for s in action_table.ACTIONS]
+    assert len(ids) == len(set(ids))
+    shortcuts = [s.shortcut for s in action_table.ACTIONS if s.shortcut]
+    assert len(shortcuts) == len(set(shortcuts))
+    for s in action_table.ACTIONS:
+        assert s.menu in action_table.MENUS and s.enabled_when in action_table.ENABLED_WHEN
+
+
+def test_demo_patient_loads_and_everything_follows(qtbot, workstation, demo_case):
+    ws = workstation
+    # before: nothing that needs a patient is enabled
+    assert not ws.actions["plan.run"].isEnabled() and ws.actions["file.open"].isEnabled()
+    _load_demo(qtbot, ws, demo_case)
+    p = ws.session.patient
+    assert ws.errors == []
+    assert ws.viewer_model.grid is p.grid and ws.viewer_model.hu is p.ct.hu
+    assert ws.viewer_model.dose_gy is p.doses["reference"].dose_gy
+    assert ws.viewer_model.reference_gy == pytest.approx(70.0)
+    assert ws.actions["plan.run"].isEnabled() and ws.actions["view.dose_wash"].isEnabled()
+    assert "pt_demo" in ws.window.patient_label.text()
+    # one DVH curve per non-empty structure, equal to the core's DVH
+    from core.evaluation.dvh import cumulative_dvh
+
+    curves = {c.structure: c for c in ws.window.dvh_panel.plot.curves}
+    assert set(curves) == {n for n, s in p.structures.items() if not s.is_empty}
+    bins, _, vpct = cumulative_dvh(p.doses["reference"].dose_gy, p.structures["PTV70"].mask, p.grid)
+    np.testing.assert_array_equal(curves["PTV70"].volume_pct, vpct)
+    # the endpoint table holds the core's D95 of PTV70
+    from core.evaluation.dvh import dvh_endpoints
+
+    ep = dvh_endpoints(p.doses["reference"].dose_gy, p.structures["PTV70"].mask, p.grid)
+    table = ws.window.dvh_panel.table
+    row = next(r for r in range(table.rowCount()) if table.item(r, 0).text() == "PTV70")
+    assert float(table.item(row, 3).text()) == pytest.approx(ep["D95"], abs=0.005)
+    # the External structure is hidden by default, in the views and the DVH
+    assert not ws.viewer_model.structures["External"].visible
+    assert "External" not in {c.structure for c in ws.window.dvh_panel.plot.shown_curves()}
+    # actions drive the display
+    ws.actions["view.wl_bone"].trigger()
+    assert (ws.viewer_model.window, ws.viewer_model.level) == (1800.0, 400.0)
+    ws.actions["view.dose_wash"].trigger()
+    assert ws.viewer_model.dose_mode == "wash"
+
+
+def test_planning_without_pipeline_reports_in_planner_words(qtbot, workstation, demo_case):
+    ws = workstation
+    _load_demo(qtbot, ws, demo_case)
+    try:
+        import core.pipeline  # noqa: F401
+        pytest.skip("the planning pipeline exists now: covered by its own flow")
+    except ImportError:
+        pass
+    ws.actions["plan.run"].trigger()
+    qtbot.waitUntil(lambda: not ws.runner.busy and bool(ws.errors), timeout=10000)
+    from core.errors import OpenATPError
+
+    assert isinstance(ws.errors[-1], OpenATPError)
+    assert "not available" in str(ws.errors[-1])
+    assert ws.session.state == "planning failed"
+
+
+def test_bad_patient_is_a_typed_error_and_window_survives(qtbot, workstation, tmp_path):
+    ws = workstation
+    bad = tmp_path / "broken.npz"
+    bad.write_bytes(b"this is not a numpy archive")
+    ws.patients.load(str(bad))
+    qtbot.waitUntil(lambda: not ws.runner.busy and bool(ws.errors), timeout=10000)
+    from core.errors import OpenATPError
+
+    assert isinstance(ws.errors[0], OpenATPError) and "broken.npz" in str(ws.errors[0])
+    assert not ws.session.has_patient and ws.window.isVisible()
+
+
+def test_layout_persists(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENATP_SETTINGS_DIR", str(tmp_path))
+    from app.application import make_settings
+    from app.main_window import MainWindow
+    from widgets.viewer_model import ViewerModel
+
+    w1 = MainWindow(ViewerModel())
+    qtbot.addWidget(w1)
+    w1.resize(760, 620)  # inside the 800 x 800 offscreen screen: restoreGeometry clamps to it
+    w1.show()
+    qtbot.waitExposed(w1)
+    w1.volume_dock.setFloating(False)
+    w1.structure_dock.hide()
+    saved = (w1.width(), w1.height())  # the window may have grown to its minimum size
+    s = make_settings()
+    w1.save_layout(s)
+    s.sync()
+    w2 = MainWindow(ViewerModel())
+    qtbot.addWidget(w2)
+    assert w2.restore_layout(make_settings())
+    w2.show()
+    qtbot.waitExposed(w2)
+    assert w2.structure_dock.isHidden() and not w2.dvh_dock.isHidden()
+    assert w2.height() == saved[1]
+    assert w2.width() == min(saved[0], w2.screen().availableGeometry().width() - 2)

@@ -1,0 +1,70 @@
+"""The one worker pattern: progress, result, typed failure and cancel, off the GUI thread."""
+
+import threading
+import time
+
+import pytest
+
+import widgets  # noqa: F401  (PySide6 reference-count work-around before any Qt use)
+from app.workers import TaskRunner
+from core.errors import InputError
+from core.progress import check_cancel, report
+
+
+def _count(n, progress=None, cancel=None):
+    for i in range(n):
+        check_cancel(cancel, result=i)
+        report(progress, i + 1, n, f"step {i + 1}")
+        time.sleep(0.002)
+    return {"n": n, "thread": threading.get_ident()}
+
+
+def test_progress_and_result_on_worker_thread(qtbot):
+    runner = TaskRunner()
+    seen = []
+    task = runner.run("count", _count, 20)
+    task.progress.connect(lambda f, m, eta: seen.append((f, m, eta)))
+    with qtbot.waitSignal(task.succeeded, timeout=5000) as sig:
+        pass
+    assert sig.args[0]["n"] == 20
+    assert sig.args[0]["thread"] != threading.get_ident()  # computed off the GUI thread
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
+    assert seen and seen[-1][0] == pytest.approx(1.0)
+    assert [f for f, _, _ in seen] == sorted(f for f, _, _ in seen)
+    assert any(eta is not None for _, _, eta in seen[:-1])
+
+
+def test_typed_failure_reaches_gui_thread(qtbot):
+    def bad(progress=None, cancel=None):
+        raise InputError("the CT series has a gap between slices 12 and 14", "/data/pt1")
+
+    runner = TaskRunner()
+    task = runner.run("bad", bad)
+    with qtbot.waitSignal(task.failed, timeout=5000) as sig:
+        pass
+    assert isinstance(sig.args[0], InputError)
+    assert "gap between slices" in str(sig.args[0])
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
+
+
+def test_cancel_keeps_last_result(qtbot):
+    gate = threading.Event()
+
+    def slow(progress=None, cancel=None):
+        gate.set()
+        for i in range(10_000):
+            check_cancel(cancel, result=i)
+            time.sleep(0.001)
+        return "finished"
+
+    runner = TaskRunner()
+    states = []
+    runner.busyChanged.connect(states.append)
+    task = runner.run("slow", slow)
+    assert gate.wait(5)
+    with qtbot.waitSignal(task.cancelled, timeout=5000) as sig:
+        runner.cancel_all()
+    assert sig.args[0].result is not None and sig.args[0].result < 10_000
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
+    assert states == [True, False]
+    assert task.outcome == "cancelled"
