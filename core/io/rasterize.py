@@ -118,8 +118,13 @@ def trace_mask_boundaries(mask2d: np.ndarray) -> list:
     m = np.asarray(mask2d, dtype=bool)
     if m.ndim != 2:
         raise InputError(f"trace_mask_boundaries needs a 2D mask, got {m.ndim}D")
-    if not m.any():
+    rows = np.nonzero(m.any(axis=1))[0]
+    if rows.size == 0:
         return []
+    cols = np.nonzero(m.any(axis=0))[0]
+    # trace inside the bounding box only (organs are small on a 512 x 512 slice)
+    r_off, c_off = int(rows[0]), int(cols[0])
+    m = m[r_off:int(rows[-1]) + 1, c_off:int(cols[-1]) + 1]
     nr, nc = m.shape
     p = np.zeros((nr + 2, nc + 2), dtype=bool)
     p[1:-1, 1:-1] = m
@@ -164,8 +169,9 @@ def trace_mask_boundaries(mask2d: np.ndarray) -> list:
                 e = out_edges[corner].pop()
             if loop[-1] == loop[0]:
                 loop.pop()
-            pts = np.array([(v // W, v % W) for v in loop], dtype=float)
-            polys.append(_drop_collinear(pts) - 1.5)
+            v = np.asarray(loop)
+            pts = np.stack([v // W, v % W], axis=1).astype(float)
+            polys.append(_drop_collinear(pts) - 1.5 + np.array([r_off, c_off], dtype=float))
     return polys
 
 
