@@ -151,15 +151,18 @@ def _measured_block(meta, result, mode, hist) -> str:
     lines = [
         f"- Checkpoint: epoch {info.get('epoch')} of {len(hist)} run "
         f"(its score on the 8-case validation subset used during training: dose "
-        f"{info.get('val_dose_score_gy_subset', float('nan')):.3f} Gy, DVH {info.get('val_dvh_score_gy_subset', float('nan')):.3f} Gy).",
+        f"{info.get('val_dose_score_gy_subset', float('nan')):.3f} Gy, "
+        f"DVH {info.get('val_dvh_score_gy_subset', float('nan')):.3f} Gy).",
         f"- Training wall time to that checkpoint: {info.get('train_elapsed_s', 0) / 60:.0f} min; whole run "
         f"{(hist[-1]['elapsed_s'] / 60) if hist else float('nan'):.0f} min on the shared 2-core CPU "
         f"(torch threads: {tc.get('threads')}), network {meta['unet']}.",
-        f"- Validation, all {result[mode]['n_patients']} cases of the OpenKBP validation split, through `openatp predict`'s path:",
+        f"- Validation, all {result[mode]['n_patients']} cases of the OpenKBP validation split, "
+        "through `openatp predict`'s path:",
         "",
         "| convention | dose score (Gy) | DVH score (Gy) |",
         "| --- | --- | --- |",
-        f"| network everywhere (`predict`) | {result['predict']['dose_score_gy']:.3f} | {result['predict']['dvh_score_gy']:.3f} |",
+        f"| network everywhere (`predict`) | {result['predict']['dose_score_gy']:.3f} | "
+        f"{result['predict']['dvh_score_gy']:.3f} |",
         f"| targets set to prescription (`prescription`, published) | {result['prescription']['dose_score_gy']:.3f} | "
         f"{result['prescription']['dvh_score_gy']:.3f} |",
         "",

@@ -68,7 +68,8 @@ def load_model(path: str | Path, device="cpu", site: str | None = None):
     try:
         blob = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise ModelError(f"the model weights file is damaged or not a model file ({type(e).__name__})", target) from None
+        raise ModelError(f"the model weights file is damaged or not a model file ({type(e).__name__})",
+                         target) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelError("not an OpenATP dose-prediction model file", target)
     if blob.get("version") != VERSION:

@@ -180,7 +180,8 @@ def predict_coarse(net, x: np.ndarray, device) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device))[0, 0].float().cpu().numpy()
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device)
+        return net(xt)[0, 0].float().cpu().numpy()
 
 
 def validate(net, val_cases: list, site: SiteSpec, device) -> dict:

@@ -27,7 +27,8 @@ def dicom_patient(names=("Parotid_R", "Cord", "PTV_70", "Lens_L"), rx=True) -> P
     shapes = {"Parotid_R": sphere(grid.shape, (12, 18, 10), 4), "Cord": sphere(grid.shape, (12, 30, 22), 3),
               "PTV_70": sphere(grid.shape, (12, 16, 22), 6), "Lens_L": sphere(grid.shape, (12, 10, 30), 2)}
     for n in names:
-        p.add_structure(Structure(n, shapes[n] & body, StructureRole.TARGET if n.startswith("PTV") else StructureRole.OAR))
+        role = StructureRole.TARGET if n.startswith("PTV") else StructureRole.OAR
+        p.add_structure(Structure(n, shapes[n] & body, role))
     if rx and "PTV_70" in names:
         p.prescriptions.append(Prescription("PTV_70", 70.0, 35))
     return p
