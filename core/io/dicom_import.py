@@ -673,7 +673,7 @@ def _structures_from_ds(ds, path: Path, grid: Grid, match: str, strict_outside: 
             number_to_name[num] = name
             continue
         mask, rep = rasterize_contours(closed, grid, match=match)
-        if rep.fully_outside or (rep.n_points_outside == rep.n_points and not mask.any()):
+        if rep.fully_outside or (rep.n_points_outside == rep.n_points and rep.n_voxels == 0):
             zs = np.concatenate([c[:, 2] for c in closed])
             zb = grid.bounds_mm()[2]
             msg = (f"ROI '{name}' lies entirely outside the {'images' if strict_outside else 'dose grid'} "
@@ -684,7 +684,7 @@ def _structures_from_ds(ds, path: Path, grid: Grid, match: str, strict_outside: 
         elif rep.n_points_outside or rep.n_contours_off_grid:
             warns.append(f"ROI '{name}': {100 * rep.fraction_points_outside:.1f} % of its contour points lie "
                          f"outside the {'images' if strict_outside else 'dose grid'}; the part inside is kept")
-        elif not mask.any():
+        elif rep.n_voxels == 0:
             warns.append(f"ROI '{name}' is smaller than a voxel: its contours enclose no voxel centre")
         patient.add_structure(Structure(name, mask, role, col, has_contours=True))
         number_to_name[num] = name

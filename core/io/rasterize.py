@@ -205,6 +205,7 @@ class RasterReport:
     n_points_outside: int = 0
     n_contours_off_grid: int = 0     # planes outside the grid along z
     planes_used: int = 0
+    n_voxels: int = 0                # voxels filled (counted per plane: no pass over the volume)
     notes: list = field(default_factory=list)
 
     @property
@@ -272,7 +273,9 @@ def rasterize_contours(contours_mm, grid: Grid, match: str = "slice",
         for i in np.nonzero(on)[0]:
             groups.setdefault(int(min(max(slice_of[i], 0), nz - 1)), []).append(polys_idx[i])
         for s, polys in groups.items():
-            view[s] = fill_polygons(polys, (nr, nc))
+            plane = fill_polygons(polys, (nr, nc))
+            view[s] = plane
+            rep.n_voxels += int(np.count_nonzero(plane))
         rep.planes_used = len(groups)
     else:
         # cluster contours into planes (positions within 0.01 mm are one plane)
@@ -295,13 +298,15 @@ def rasterize_contours(contours_mm, grid: Grid, match: str = "slice",
         for s in np.nonzero(take)[0]:
             pj = int(nearest[s])
             if pj not in cache:
-                cache[pj] = fill_polygons([polys_idx[i] for i in np.nonzero(inverse == pj)[0]], (nr, nc))
-            view[s] = cache[pj]
+                plane = fill_polygons([polys_idx[i] for i in np.nonzero(inverse == pj)[0]], (nr, nc))
+                cache[pj] = (plane, int(np.count_nonzero(plane)))
+            view[s] = cache[pj][0]
+            rep.n_voxels += cache[pj][1]
         used = set(int(v) for v in nearest[take])
         rep.planes_used = len(used)
         lo_mm, hi_mm = -0.5 - half, nz - 0.5 + half
         rep.n_contours_off_grid = int(((plane_pos < lo_mm) | (plane_pos > hi_mm)).sum())
-    if rep.planes_used and not mask.any():
+    if rep.planes_used and rep.n_voxels == 0:
         rep.notes.append("its contours cover no voxel centre")
     return mask, rep
 
