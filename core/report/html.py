@@ -109,8 +109,10 @@ def _kv_table(d: dict, labels: dict | None = None) -> str:
     for k, v in d.items():
         if isinstance(v, (dict, list)):
             continue
-        value = _fmt(v, 3 if isinstance(v, float) else 2)
-        rows.append(f'<tr><th>{escape(labels.get(k, k))}</th><td class="num">{value}</td></tr>')
+        numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        value = _fmt(v, (3 if abs(float(v)) < 10 else 1) if numeric and isinstance(v, (float, np.floating)) else 2)
+        cls = ' class="num"' if numeric else ""
+        rows.append(f"<tr><th>{escape(labels.get(k, k))}</th><td{cls}>{value}</td></tr>")
     return "<table>" + "".join(rows) + "</table>" if rows else ""
 
 

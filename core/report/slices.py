@@ -142,5 +142,7 @@ def dose_wash(dose_gy: np.ndarray, grid: Grid, plane: str, point_mm, *, ct_hu=No
     rgb[washed] = (1 - alpha) * rgb[washed] + alpha * col[washed]
     for mask, color in structures:
         m = resample_nearest(plane_of(np.asarray(mask)).astype(bool), sp, pixel_mm)
+        # a dark pixel just outside the coloured outline keeps it visible on a wash of the same hue
+        rgb[outline(~m) & ~outline(m)] = 0.0
         rgb[outline(m)] = np.asarray(color[:3], dtype=np.float64)
     return np.rint(rgb).astype(np.uint8)
