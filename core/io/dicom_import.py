@@ -22,7 +22,9 @@ What a physicist can rely on
   choosing one silently could plan on the wrong scan.
 * **Structures** are rasterised with :mod:`core.io.rasterize`: a voxel is inside when its
   centre is inside the contours of its plane (even-odd rule: holes and islands work).
-  On the CT grid each contour goes to the slice nearest its z (within half a slice). A
+  On the CT grid each contour goes to the slice nearest its z (within half a slice); on
+  a resampled CT or a dose grid each contour plane stands for a slab reaching half-way
+  to its neighbouring planes (:func:`core.io.rasterize.rasterize_contours`). A
   structure entirely outside the images is an error naming it; one partly outside is
   clipped with a warning (what commercial planning systems do). ROIs without contour
   data are kept empty with ``has_contours=False`` and a warning; POINT ROIs (isocentre
@@ -957,7 +959,9 @@ def load_dicom_folder(path, progress=None, cancel=None) -> Patient:
     roi_names: dict = {}
     if struct_ds is not None:
         patient.dicom["rtstruct_path"] = str(struct_p)
-        roi_names = _structures_from_ds(struct_ds, struct_p, grid, "slice" if ct is not None else "slab",
+        # contours sit on the CT slices unless the grid is the dose grid or a resampled CT
+        on_slices = ct is not None and "resampled_from_z_mm" not in ct_info
+        roi_names = _structures_from_ds(struct_ds, struct_p, grid, "slice" if on_slices else "slab",
                                         ct is not None, patient, warns,
                                         progress.stage(0.65, 0.9, "structures") if progress else None, cancel)
     else:

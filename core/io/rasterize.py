@@ -189,6 +189,7 @@ def _drop_collinear(pts: np.ndarray) -> np.ndarray:
 
 
 # -- 3D: contours in patient mm <-> masks on a grid ---------------------------------------
+_SLAB_GAP_FACTOR = 1.5  # a gap between contour planes wider than this x typical is deliberate
 def _plane_axes(grid: Grid) -> tuple[int, int, int]:
     """(plane axis, row axis, col axis) of ``grid`` for axial (constant-z) contours."""
     kz = int(np.nonzero(grid.patient_axis_index == 2)[0][0])
@@ -231,12 +232,13 @@ def rasterize_contours(contours_mm, grid: Grid, match: str = "slice",
         ``"slice"`` (contours drawn on this grid's slices, e.g. the CT): each contour
         goes to the grid slice nearest its z, within half a slice; contours further out
         are off the grid. All contours matched to one slice are filled together (even-odd).
-        ``"slab"`` (another grid, e.g. a dose grid for dose review): each contour plane
-        stands for a slab half-way to its neighbours, i.e. +-``plane_spacing_mm``/2; a grid
-        slice takes the contours of the nearest plane whose slab holds the slice centre.
+        ``"slab"`` (another grid, e.g. a dose grid for dose review or a resampled CT):
+        each contour plane stands for a slab reaching half-way to its neighbouring planes
+        (half the typical spacing at the ends and across gaps wider than 1.5 x typical);
+        a grid slice takes the contours of the nearest plane whose slab holds its centre.
     plane_spacing_mm : float, optional
-        For ``"slab"``: the contour plane spacing; default the median spacing of the
-        structure's own planes (the grid's slice spacing if it has one plane only).
+        For ``"slab"``: the typical contour plane spacing; default the median spacing of
+        the structure's own planes (the grid's slice spacing if it has one plane only).
 
     Returns
     -------
@@ -283,9 +285,18 @@ def rasterize_contours(contours_mm, grid: Grid, match: str = "slice",
         key = np.rint(plane_pos * dz_mm / 0.01).astype(np.int64)
         uniq_keys, inverse = np.unique(key, return_inverse=True)
         planes = np.array([plane_pos[inverse == j].mean() for j in range(len(uniq_keys))])
-        if plane_spacing_mm is None:
-            plane_spacing_mm = float(np.median(np.diff(planes))) * dz_mm if len(planes) > 1 else dz_mm
-        half = 0.5 * plane_spacing_mm / dz_mm + 1e-6
+        gaps = np.diff(planes)  # slice-index units
+        if plane_spacing_mm is not None:
+            typical = plane_spacing_mm / dz_mm
+        else:
+            typical = float(np.median(gaps)) if len(planes) > 1 else 1.0
+        # Each plane's slab reaches half-way to its neighbours; a gap much wider than the
+        # typical spacing separates two parts of the structure, so there (and at the two
+        # ends) the slab reaches half the typical spacing only.
+        wide = gaps > _SLAB_GAP_FACTOR * typical
+        half_gap = np.where(wide, 0.5 * typical, 0.5 * gaps)
+        down = np.concatenate([[0.5 * typical], half_gap]) + 1e-6
+        up = np.concatenate([half_gap, [0.5 * typical]]) + 1e-6
         centres = np.arange(nz, dtype=float)
         j = np.clip(np.searchsorted(planes, centres), 1, max(len(planes) - 1, 1))
         if len(planes) == 1:
@@ -293,7 +304,8 @@ def rasterize_contours(contours_mm, grid: Grid, match: str = "slice",
         else:
             left_closer = np.abs(centres - planes[j - 1]) <= np.abs(planes[j] - centres)
             nearest = np.where(left_closer, j - 1, j)
-        take = np.abs(planes[nearest] - centres) <= half
+        offset = centres - planes[nearest]
+        take = (offset >= -down[nearest]) & (offset <= up[nearest])
         cache: dict = {}
         for s in np.nonzero(take)[0]:
             pj = int(nearest[s])
@@ -304,8 +316,8 @@ def rasterize_contours(contours_mm, grid: Grid, match: str = "slice",
             rep.n_voxels += cache[pj][1]
         used = set(int(v) for v in nearest[take])
         rep.planes_used = len(used)
-        lo_mm, hi_mm = -0.5 - half, nz - 0.5 + half
-        rep.n_contours_off_grid = int(((plane_pos < lo_mm) | (plane_pos > hi_mm)).sum())
+        reach = 0.5 * typical
+        rep.n_contours_off_grid = int(((plane_pos < -0.5 - reach) | (plane_pos > nz - 0.5 + reach)).sum())
     if rep.planes_used and rep.n_voxels == 0:
         rep.notes.append("its contours cover no voxel centre")
     return mask, rep

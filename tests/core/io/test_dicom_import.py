@@ -141,6 +141,17 @@ def test_uneven_spacing_is_resampled_with_a_warning(tmp_path):
     np.testing.assert_allclose(p.ct.hu[:, 10, 10], np.interp(zc, z, orig), atol=1e-3)
 
 
+def test_structures_on_a_resampled_ct_have_no_holes(tmp_path):
+    # 2 mm slices then 3 mm slices, a ROI drawn on every original slice: after resampling
+    # to 2 mm every new slice inside the ROI's extent must hold it.
+    z = np.concatenate([np.arange(0, 10, 2.0), 10 + np.arange(0, 15, 3.0)])
+    _, uids = f.make_ct_series(tmp_path, ct_raw()[: len(z)], z, pixel_spacing=PS, origin_xy=OXY)
+    f.make_rtstruct(tmp_path / "RS.dcm", [{"name": "Col", "contours": [f.rect(-10, 10, 0, 20, v) for v in z]}], uids)
+    p = load_dicom_folder(tmp_path)
+    filled = p.structure("Col").mask.any(axis=(1, 2))
+    assert filled.all(), p.grid.axis_coords_mm(0)[~filled]
+
+
 def test_mixed_series_error_names_them(tmp_path):
     _, u1 = f.make_ct_series(tmp_path, ct_raw()[:3], Z[:3], names=["a1.dcm", "a2.dcm", "a3.dcm"])
     _, u2 = f.make_ct_series(tmp_path, ct_raw()[:2], Z[:2], names=["b1.dcm", "b2.dcm"],

@@ -103,3 +103,15 @@ def test_slab_matching_on_a_finer_grid():
     filled = np.nonzero(mask.any(axis=(1, 2)))[0]
     assert filled.tolist() == list(range(8, 17))  # 7.5 < z < 16.5: centres 8..16
     assert rep.planes_used == 3
+
+
+def test_slab_matching_with_uneven_planes_and_a_gap():
+    # Planes at 0, 2, 4, 7, 10 mm (2 then 3 mm steps) and a separate part at 30 mm, on a
+    # 1 mm grid: slabs reach half-way to neighbours, so 0..10 is continuous (-1 .. 11.5),
+    # and the 20 mm gap is not bridged (the part at 30 mm covers 30 +- 1 typical half-step).
+    g = Grid((40, 6, 6), (1.0, 1.0, 1.0), (-5.0, 0.0, 0.0))
+    sq = lambda z: np.array([[1.0, 1.0, z], [4.0, 1.0, z], [4.0, 4.0, z], [1.0, 4.0, z]])  # noqa: E731
+    mask, rep = rasterize_contours([sq(z) for z in (0.0, 2.0, 4.0, 7.0, 10.0, 30.0)], g, match="slab")
+    z = g.axis_coords_mm(0)[mask.any(axis=(1, 2))]
+    # typical spacing = median(2, 2, 3, 3, 20) = 3 mm: ends reach 1.5 mm
+    assert z.tolist() == [float(v) for v in list(range(-1, 12)) + [29, 30, 31]]
