@@ -213,3 +213,21 @@ def test_segmented_beam_roundtrips_through_dict():
     again = SegmentedBeam.from_dict(sb.to_dict())
     assert again.n_segments == sb.n_segments and again.mu == pytest.approx(sb.mu)
     np.testing.assert_array_equal(again.segments[0].leaf_a_mm, sb.segments[0].leaf_a_mm)
+
+
+def test_forbidden_interdigitation_splits_disjoint_neighbour_rows():
+    # two adjacent 5 mm rows open over disjoint columns: one aperture when leaves may
+    # interdigitate, two (one row each) when they may not
+    u = (np.arange(6) + 0.5) * 5.0
+    pos = np.array([(x, y) for x in u for y in (2.5, 7.5)])
+    w = np.where(((pos[:, 1] < 5) & (pos[:, 0] < 10)) | ((pos[:, 1] > 5) & (pos[:, 0] > 15)), 80.0, 0.0)
+    opts = dict(levels=1, min_segment_mu=0.0)
+    allowed = sequence_fluence(w, pos, (5, 5), "millennium120", SequencingOptions(interdigitation=True, **opts))
+    forbidden = sequence_fluence(w, pos, (5, 5), "millennium120", SequencingOptions(interdigitation=False, **opts))
+    assert allowed.n_segments == 1 and forbidden.n_segments == 2
+    for s in forbidden.segments:
+        assert s.problems(MILLENNIUM_120, interdigitation=False) == []
+    # the closed neighbour of each split segment sits behind a Y jaw: no leak, exact delivery
+    np.testing.assert_allclose(beam_deliverable_weights(forbidden, pos, (5, 5)), w, atol=1e-9)
+    np.testing.assert_allclose(beam_deliverable_weights(allowed, pos, (5, 5)), w, atol=1e-9)
+    assert forbidden.mu == pytest.approx(2 * allowed.mu)
