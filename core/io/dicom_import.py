@@ -45,6 +45,7 @@ to ``patient.warnings`` (and logged).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import warnings as _pywarnings
@@ -75,6 +76,16 @@ _PLANAR_TOL_MM = 0.1        # an axial contour's z may vary this much (rounding 
 
 class _IncompleteSeries(DicomError):
     """The CT series has missing slices (the caller may fall back to dose review)."""
+
+
+@contextlib.contextmanager
+def _malformed(path, what: str):
+    """Turn a missing or malformed attribute deep in a dataset into a DicomError naming the
+    file (pydicom raises AttributeError/KeyError/TypeError/ValueError for those)."""
+    try:
+        yield
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise DicomError(f"the {what} is incomplete or malformed ({type(exc).__name__}: {exc})", path) from None
 
 
 # -- reading files -------------------------------------------------------------------------
@@ -430,7 +441,8 @@ def read_rtdose(path, warnings: list | None = None) -> Dose:
     if _kind(ds) != "RTDOSE":
         raise DicomError(f"not an RTDOSE file (modality {ds.get('Modality', '?')})", path)
     warns = [] if warnings is None else warnings
-    dose = _rtdose_from_ds(ds, path, warns)
+    with _malformed(path, "RTDOSE"):
+        dose = _rtdose_from_ds(ds, path, warns)
     for w in warns:
         log.info(w)
     return dose
@@ -545,10 +557,8 @@ def read_rtplan(path) -> dict:
         raise DicomError("not a DICOM file", path)
     if _kind(ds) != "RTPLAN":
         raise DicomError(f"not an RTPLAN file (modality {ds.get('Modality', '?')})", path)
-    try:
+    with _malformed(path, "RTPLAN"):
         return _rtplan_from_ds(ds, path)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise DicomError(f"the RTPLAN is incomplete or malformed ({exc})", path) from None
 
 
 # -- prescriptions from names ----------------------------------------------------------------
@@ -840,7 +850,7 @@ def load_dicom_folder(path, progress=None, cancel=None) -> Patient:
         names = ", ".join(p.name for p in not_dicom[:5]) + (" ..." if len(not_dicom) > 5 else "")
         warns.append(f"skipped {len(not_dicom)} file(s) that are not DICOM: {names}")
     for k in sorted(set(by_kind) - set(usable)):
-        warns.append(f"ignored {len(by_kind[k])} {k} file(s): only CT images are used for planning")
+        warns.append(f"ignored {len(by_kind[k])} {k} file(s): OpenATP uses CT, RTSTRUCT, RTDOSE and RTPLAN")
     ids = {str(ds.get("PatientID", "") or "") for items in usable.values() for _, ds in items}
     ids.discard("")
     if len(ids) > 1:
@@ -864,8 +874,9 @@ def load_dicom_folder(path, progress=None, cancel=None) -> Patient:
         items = next(iter(series.values()))
         ct_ds = items[0][1]
         try:
-            ct, ct_info = _load_ct_series(items, warns, progress.stage(0.5, 0.65, "CT") if progress else None,
-                                          cancel)
+            with _malformed(items[0][0].parent, "CT series"):
+                ct, ct_info = _load_ct_series(items, warns, progress.stage(0.5, 0.65, "CT") if progress else None,
+                                              cancel)
         except _IncompleteSeries as exc:
             if not (structs and doses):
                 raise
@@ -914,11 +925,15 @@ def load_dicom_folder(path, progress=None, cancel=None) -> Patient:
         plan_type = [m for m in ok if str(m[1].get("DoseSummationType", "")).upper() == "PLAN"]
         if plan_type:
             dose_p, dds = plan_type[0]
-            dose_native = _rtdose_from_ds(dds, dose_p, warns)
+            with _malformed(dose_p, "RTDOSE"):
+                dose_native = _rtdose_from_ds(dds, dose_p, warns)
             if len(ok) > 1:
                 warns.append(f"{len(ok)} RTDOSE files found: using the plan dose {dose_p.name}")
         else:
-            parts = [(p, _rtdose_from_ds(ds, p, warns)) for p, ds in ok]
+            parts = []
+            for p, ds in ok:
+                with _malformed(p, "RTDOSE"):
+                    parts.append((p, _rtdose_from_ds(ds, p, warns)))
             dose_p, dose_native = parts[0]
             if len(parts) > 1:
                 if all(d.grid.same_as(dose_native.grid) for _, d in parts):
@@ -961,9 +976,10 @@ def load_dicom_folder(path, progress=None, cancel=None) -> Patient:
         patient.dicom["rtstruct_path"] = str(struct_p)
         # contours sit on the CT slices unless the grid is the dose grid or a resampled CT
         on_slices = ct is not None and "resampled_from_z_mm" not in ct_info
-        roi_names = _structures_from_ds(struct_ds, struct_p, grid, "slice" if on_slices else "slab",
-                                        ct is not None, patient, warns,
-                                        progress.stage(0.65, 0.9, "structures") if progress else None, cancel)
+        with _malformed(struct_p, "RTSTRUCT"):
+            roi_names = _structures_from_ds(struct_ds, struct_p, grid, "slice" if on_slices else "slab",
+                                            ct is not None, patient, warns,
+                                            progress.stage(0.65, 0.9, "structures") if progress else None, cancel)
     else:
         warns.append("no RTSTRUCT in the folder: the patient has no structures")
 
@@ -987,10 +1003,8 @@ def load_dicom_folder(path, progress=None, cancel=None) -> Patient:
 
     # plans and prescriptions
     for p, ds in usable.get("RTPLAN", []):
-        try:
+        with _malformed(p, "RTPLAN"):
             plan = _rtplan_from_ds(ds, p)
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise DicomError(f"the RTPLAN is incomplete or malformed ({exc})", p) from None
         if plan["frame_of_reference_uid"] and for_uid and plan["frame_of_reference_uid"] != for_uid:
             warns.append(f"{p.name}: RTPLAN in another frame of reference, kept for reference only")
         patient.plans.append(plan)

@@ -454,6 +454,16 @@ def test_truncated_rtstruct_is_an_error_with_its_path(tmp_path):
     assert str(rs) in str(ei.value) and "truncated" in str(ei.value)
 
 
+def test_rtstruct_missing_roi_number_is_a_dicom_error(tmp_path):
+    build_case(tmp_path, dose=False, plan=False)
+    ds = pydicom.dcmread(tmp_path / "RS.dcm")
+    del ds.StructureSetROISequence[1].ROINumber
+    ds.save_as(tmp_path / "RS.dcm")
+    with pytest.raises(DicomError) as ei:
+        load_dicom_folder(tmp_path)
+    assert str(tmp_path / "RS.dcm") in str(ei.value) and "RTSTRUCT is incomplete" in str(ei.value)
+
+
 def test_rtdose_not_dicom(tmp_path):
     (tmp_path / "x.dcm").write_text("text")
     with pytest.raises(DicomError, match="not a DICOM file"):
