@@ -80,6 +80,18 @@ def test_references_and_uids(tmp_path):
     assert rd.pixel_array.max() * float(rd.DoseGridScaling) == pytest.approx(1.5, rel=1e-9)
 
 
+@pytest.mark.parametrize("axes", [("+y", "+x", "-z"), ("-z", "+x", "-y"), ("+x", "-y", "+z"), ("+z", "+y", "+x")])
+def test_to_dicom_order_keeps_every_voxel_in_place(axes):
+    g = Grid((4, 5, 6), (1.5, 2.0, 2.5), (10.0, -20.0, 30.0), axes)
+    v = np.arange(g.size).reshape(g.shape)
+    vd, gd = to_dicom_order(v, g)
+    assert gd.axes == ("+z", "+y", "+x")
+    idx = np.argwhere(np.ones(g.shape, bool))
+    di = np.rint(gd.patient_to_index(g.index_to_patient(idx))).astype(int)
+    np.testing.assert_array_equal(vd[tuple(di.T)], v[tuple(idx.T)])  # same value at the same place
+    assert sorted(vd.shape) == sorted(g.shape)
+
+
 def _phantom_in_openkbp_axes():
     """A patient on a (y, x, -z) grid like OpenKBP's, with structures that have holes."""
     g = Grid((30, 26, 12), (3.9, 3.7, 2.5), (-60.0, -45.0, 20.0), OPENKBP_AXES)
