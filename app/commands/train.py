@@ -26,10 +26,15 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--n-val", type=int, default=8, help="validation cases scored after every epoch (default 8)")
-    p.add_argument("--base-channels", type=int, default=16)
-    p.add_argument("--growth", type=int, default=8)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--layers-per-block", type=int, default=2)
+    p.add_argument("--size", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="recipe preset: cpu = half resolution, 1.0 M parameters; gpu = full resolution, "
+                        "3.9 M parameters (15 MiB file); auto = gpu on CUDA, else cpu")
+    p.add_argument("--pool", type=int, choices=(1, 2), default=None, help="resolution factor (overrides --size)")
+    p.add_argument("--base-channels", type=int, default=None)
+    p.add_argument("--growth", type=int, default=None)
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--layers-per-block", type=int, default=None)
+    p.add_argument("--max-channels", type=int, default=None)
     p.add_argument("--alpha", type=float, default=1.0, help="total loss weight of the structures relative to the body")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training cases (tests)")
@@ -37,6 +42,14 @@ def register(subparsers) -> None:
     add_device(p)
     add_json(p)
     p.set_defaults(func=run)
+
+
+#: Recipe presets. "cpu": what trains in ~2 h on the shared 2-core CPU (half resolution).
+#: "gpu": full OpenKBP resolution, deeper and wider, sized so the weights file stays < 16 MiB.
+PRESETS = {
+    "cpu": {"pool": 2, "base_channels": 16, "growth": 8, "depth": 4, "layers_per_block": 2, "max_channels": 256},
+    "gpu": {"pool": 1, "base_channels": 32, "growth": 12, "depth": 5, "layers_per_block": 2, "max_channels": 128},
+}
 
 
 def _log(msg: str) -> None:
@@ -64,13 +77,17 @@ def run(args) -> int:
             r = build_cache(data / split, path, site.key)
             _log(f"{r['n_cases']} cases, {r['bytes'] / 2**20:.1f} MiB, {r['seconds']:.0f} s")
         caches[split] = path
+    device = resolve_device(args.device)
+    size = args.size if args.size != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+    preset = dict(PRESETS[size])
+    for key in ("pool", "base_channels", "growth", "depth", "layers_per_block", "max_channels"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    pool = preset.pop("pool")
     cfg = TrainConfig(site=site.key, epochs=args.epochs, time_budget_min=args.time_budget_min, seed=args.seed,
                       n_val=args.n_val, threads=args.threads, alpha=args.alpha, augment=not args.no_augment,
-                      limit_train=args.limit_train,
-                      unet={"base_channels": args.base_channels, "growth": args.growth, "depth": args.depth,
-                            "layers_per_block": args.layers_per_block})
-    device = resolve_device(args.device)
-    _log(f"device {device}")
+                      limit_train=args.limit_train, pool=pool, unet=preset)
+    _log(f"device {device}, recipe {size}: pool {pool}, network {preset}")
     result = train(caches["train"], caches["validation"], out, cfg, resume=args.resume, device=device,
                    progress=progress_for(args), log=_log)
     if args.json:

@@ -73,7 +73,8 @@ class DosePredictor:
         self.path = resolve_model_path(model_path if model_path is not None else default_model_path(site))
         self.net, self.meta = load_model(self.path, self.device, site=self.site.key)
         from core.prediction.preprocess import POOL, channel_names
-        if list(self.meta.get("channels", [])) != channel_names(self.site) or int(self.meta.get("pool", -1)) != POOL:
+        self.pool = int(self.meta.get("pool", POOL))
+        if list(self.meta.get("channels", [])) != channel_names(self.site) or self.meta.get("pool") not in (1, POOL):
             raise ModelError("the model's input channels do not match this version's preprocessing", self.path)
         if self.meta.get("ptv_mode", "predict") not in ("predict", "prescription"):
             raise ModelError(f"unknown ptv_mode '{self.meta.get('ptv_mode')}' in the model file", self.path)
@@ -116,7 +117,7 @@ class DosePredictor:
         t0 = time.perf_counter()
         report(progress, 0, 4, "reading the patient into the model frame")
         case, mapping, mgrid, lo = patient_to_canonical(patient, self.site)
-        x, body_lo, pad_shape = model_inputs(case, self.site, self.net.config.multiple)
+        x, body_lo, pad_shape = model_inputs(case, self.site, self.net.config.multiple, pool=self.pool)
         t["preprocess"] = time.perf_counter() - t0
         check_cancel(cancel)
         report(progress, 1, 4, "running the network")
@@ -132,7 +133,7 @@ class DosePredictor:
         body_full = np.zeros(pad_shape, dtype=bool)
         crop = tuple(slice(0, s) for s in case.body.shape)
         body_full[crop] = case.body
-        dose_crop = upsample_dose(pred_lo, body_lo, body_full)[crop]
+        dose_crop = upsample_dose(pred_lo, body_lo, body_full, self.pool)[crop]
         if self.meta.get("ptv_mode") == "prescription":
             rx = case.ptv_dose_gy()
             dose_crop = np.where(rx > 0, rx, dose_crop)

@@ -31,7 +31,7 @@ from core.errors import GeometryError, InputError
 from core.geometry import OPENKBP_AXES, Grid, resample_to_grid
 from core.prediction.sites import SiteSpec, target_dose_from_name
 
-POOL = 2
+POOL = 2  # the CPU recipe; a model file records its own factor (1 = full resolution)
 CANONICAL_SPACING_MM = (3.906, 3.906, 2.5)
 # Spacings seen in the OpenKBP training split (axis order y, x, -z); a patient already in
 # that frame and within this range is used as it is (no resampling).
@@ -106,34 +106,42 @@ def pad_volume(x: np.ndarray, shape, lo=None) -> np.ndarray:
     return np.pad(x, pads)
 
 
-def pool_inputs(chans_full: np.ndarray) -> np.ndarray:
-    """(C, A0, A1, A2) full-res -> (C, A0/2, A1/2, A2/2) by 2x2x2 averaging (sizes must be even)."""
+def pool_inputs(chans_full: np.ndarray, pool: int = POOL) -> np.ndarray:
+    """(C, A0, A1, A2) full-res -> (C, A0/p, A1/p, A2/p) by p x p x p averaging (sizes divisible by p)."""
+    if pool == 1:
+        return chans_full.astype(np.float32, copy=False)
     c, a0, a1, a2 = chans_full.shape
-    return chans_full.reshape(c, a0 // 2, 2, a1 // 2, 2, a2 // 2, 2).mean(axis=(2, 4, 6), dtype=np.float32)
+    p = pool
+    return chans_full.reshape(c, a0 // p, p, a1 // p, p, a2 // p, p).mean(axis=(2, 4, 6), dtype=np.float32)
 
 
-def pool_dose(dose_gy: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """Mask-normalised 2x2x2 down-sampling: mean dose over the body voxels of each block."""
+def pool_dose(dose_gy: np.ndarray, body: np.ndarray, pool: int = POOL) -> np.ndarray:
+    """Mask-normalised p x p x p down-sampling: mean dose over the body voxels of each block."""
+    if pool == 1:
+        return np.where(body, dose_gy, 0).astype(np.float32)
     a0, a1, a2 = dose_gy.shape
-    s = (a0 // 2, 2, a1 // 2, 2, a2 // 2, 2)
+    p = pool
+    s = (a0 // p, p, a1 // p, p, a2 // p, p)
     num = (dose_gy * body).reshape(s).sum(axis=(1, 3, 5), dtype=np.float32)
     den = body.reshape(s).sum(axis=(1, 3, 5), dtype=np.float32)
     return np.where(den > 0, num / np.maximum(den, 1), 0).astype(np.float32)
 
 
-def upsample_dose(dose_lo, body_lo_frac, body_full: np.ndarray) -> np.ndarray:
-    """Mask-normalised trilinear 2x up-sampling of a coarse dose, zero outside ``body_full``.
+def upsample_dose(dose_lo, body_lo_frac, body_full: np.ndarray, pool: int = POOL) -> np.ndarray:
+    """Mask-normalised trilinear ``pool``-times up-sampling of a coarse dose, zero outside ``body_full``.
 
     ``dose_lo``, ``body_lo_frac``: (a0, a1, a2) numpy arrays or torch tensors on any device.
-    Returns a float32 numpy array of ``body_full.shape`` (2x the coarse shape).
+    Returns a float32 numpy array of ``body_full.shape`` (``pool`` x the coarse shape).
     """
     import torch
     import torch.nn.functional as F
 
     d = torch.as_tensor(dose_lo, dtype=torch.float32)
     m = (torch.as_tensor(body_lo_frac, dtype=torch.float32, device=d.device) > 0).float()
-    num = F.interpolate((d * m)[None, None], scale_factor=2, mode="trilinear", align_corners=False)
-    den = F.interpolate(m[None, None], scale_factor=2, mode="trilinear", align_corners=False)
+    if pool == 1:
+        return np.where(body_full, d.cpu().numpy(), 0).astype(np.float32)
+    num = F.interpolate((d * m)[None, None], scale_factor=pool, mode="trilinear", align_corners=False)
+    den = F.interpolate(m[None, None], scale_factor=pool, mode="trilinear", align_corners=False)
     up = (num / den.clamp_min(1e-6))[0, 0].cpu().numpy()
     return np.where(body_full, up, 0).astype(np.float32)
 
@@ -280,7 +288,7 @@ def canonical_to_patient(dose_crop_gy: np.ndarray, case: CanonicalCase, model_gr
     return np.where(patient_body, out, 0).astype(np.float32)
 
 
-def model_inputs(case: CanonicalCase, site: SiteSpec, multiple: int, lo_pad=None):
+def model_inputs(case: CanonicalCase, site: SiteSpec, multiple: int, lo_pad=None, pool: int = POOL):
     """Pooled model inputs of a canonical case.
 
     Returns ``(x, body_lo, pad_shape)``: ``x`` (C, b0, b1, b2) float32 coarse inputs whose
@@ -288,8 +296,8 @@ def model_inputs(case: CanonicalCase, site: SiteSpec, multiple: int, lo_pad=None
     ``pad_shape`` the full-resolution padded shape (the crop sits at index ``lo_pad``).
     """
     full = full_res_channels(case, site)
-    pad_shape = pad_to_multiple(case.body.shape, POOL * multiple)
+    pad_shape = pad_to_multiple(case.body.shape, pool * multiple)
     full = pad_volume(full, pad_shape, lo_pad)
     full[0][full[1] == 0] = -1.0  # padding is air, like everything outside the body
-    x = pool_inputs(full)
+    x = pool_inputs(full, pool)
     return x, x[1].copy(), pad_shape

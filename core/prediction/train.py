@@ -56,6 +56,7 @@ class TrainConfig:
     max_rot_deg: float = 10.0
     max_scale: float = 0.10
     threads: int | None = None
+    pool: int = POOL
     unet: dict = field(default_factory=lambda: {"base_channels": 16, "growth": 8, "depth": 4,
                                                 "layers_per_block": 2})
     limit_train: int | None = None
@@ -76,49 +77,53 @@ def _canonical_from_cache(c, site: SiteSpec) -> CanonicalCase:
     return CanonicalCase(c.ct_hu.astype(np.float32), c.body, oars, targets, np.asarray(c.spacing_mm))
 
 
-def prepare_train_case(c, site: SiteSpec) -> dict:
+def prepare_train_case(c, site: SiteSpec, pool: int = POOL) -> dict:
     """Coarse arrays of one cached case: inputs ``x`` (C, b0, b1, b2) float16, ``y`` the coarse
     dose / reference dose, ``occ`` (S, ...) coarse structure fractions for the loss weights."""
     cc = _canonical_from_cache(c, site)
-    shape = pad_to_multiple(cc.body.shape, POOL)
-    x = pool_inputs(pad_volume(full_res_channels(cc, site), shape))
+    shape = pad_to_multiple(cc.body.shape, pool)
+    x = pool_inputs(pad_volume(full_res_channels(cc, site), shape), pool)
     x[0][x[1] == 0] = -1.0
     body = pad_volume(cc.body, shape)
-    y = pool_dose(pad_volume(c.dose_gy, shape), body) / np.float32(site.reference_dose_gy)
+    y = pool_dose(pad_volume(c.dose_gy, shape), body, pool) / np.float32(site.reference_dose_gy)
     n_oar = len(site.oars)
     tmasks = [pad_volume(c.mask(n_oar + j), shape) for j in range(len(site.targets))]
-    occ = np.concatenate([x[2:2 + n_oar], pool_inputs(np.stack(tmasks).astype(np.float32))])
+    occ = np.concatenate([x[2:2 + n_oar], pool_inputs(np.stack(tmasks).astype(np.float32), pool)])
     return {"pid": c.pid, "x": x.astype(np.float16), "y": y.astype(np.float32), "occ": occ.astype(np.float16)}
 
 
-def prepare_val_case(c, site: SiteSpec, multiple: int) -> dict:
+def prepare_val_case(c, site: SiteSpec, multiple: int, pool: int = POOL) -> dict:
     """Full-resolution references plus padded coarse inputs for validation."""
     cc = _canonical_from_cache(c, site)
-    x, body_lo, pad_shape = model_inputs(cc, site, multiple)
+    x, body_lo, pad_shape = model_inputs(cc, site, multiple, pool=pool)
     n_oar = len(site.oars)
     structs = {o: (c.mask(i), "oar") for i, o in enumerate(site.oars) if c.mask(i).any()}
     structs.update({t: (c.mask(n_oar + j), "target") for j, t in enumerate(site.targets) if c.mask(n_oar + j).any()})
     ptv_rx = cc.ptv_dose_gy()
-    return {"pid": c.pid, "x": x, "body_lo": body_lo, "pad_shape": pad_shape, "body": c.body,
+    return {"pid": c.pid, "x": x, "body_lo": body_lo, "pad_shape": pad_shape, "body": c.body, "pool": pool,
             "dose": c.dose_gy, "structures": structs, "spacing": c.spacing_mm, "ptv_rx": ptv_rx}
 
 
-def loss_weights(occ: np.ndarray, body: np.ndarray, alpha: float) -> np.ndarray:
-    """Voxel weights (see module docstring); zero outside the body."""
+def loss_weights(occ, body, alpha: float):
+    """Voxel weights (see module docstring); zero outside the body.
+
+    ``occ`` (S, ...) and ``body`` (...) fractions, numpy arrays or torch tensors (same kind out).
+    """
     vol_body = float(body.sum())
-    w = np.ones_like(body, dtype=np.float32)
+    w = body * 0 + 1
     present = [k for k in range(occ.shape[0]) if float(occ[k].sum()) > 0]
     for k in present:
         frac = float(occ[k].sum()) / max(vol_body, 1e-6)
-        w += (alpha / len(present)) * occ[k].astype(np.float32) / max(frac, 1e-4)
+        w = w + (alpha / len(present)) * occ[k] / max(frac, 1e-4)
     return w * body
 
 
 # --------------------------------------------------------------------------------------
 # Augmentation (torch, on the coarse arrays)
 # --------------------------------------------------------------------------------------
-def augment_sample(x, y, occ, rng, site: SiteSpec, cfg: TrainConfig, multiple: int):
+def augment_sample(x, y, occ, rng, site: SiteSpec, cfg: TrainConfig, multiple: int, device=None):
     """Flip / rotate / scale / translate one coarse sample; pads to a multiple of ``multiple``.
+    The resampling runs on ``device`` (the GPU when training there).
 
     Returns torch tensors ``x`` (1, C, ...), ``y`` (1, 1, ...), ``w`` (1, 1, ...).
     """
@@ -146,7 +151,7 @@ def augment_sample(x, y, occ, rng, site: SiteSpec, cfg: TrainConfig, multiple: i
     x[0][x[1] == 0] = -1.0
     y = pad_volume(np.ascontiguousarray(y), out_shape, lo)
     occ = pad_volume(np.ascontiguousarray(occ), out_shape, lo)
-    stack = torch.from_numpy(np.concatenate([x, y[None], occ]))[None]
+    stack = torch.from_numpy(np.concatenate([x, y[None], occ]))[None].to(device or "cpu")
     if cfg.augment:
         ang = math.radians(rng.uniform(-cfg.max_rot_deg, cfg.max_rot_deg))
         scale = 1.0 + rng.uniform(-cfg.max_scale, cfg.max_scale)
@@ -162,14 +167,14 @@ def augment_sample(x, y, occ, rng, site: SiteSpec, cfg: TrainConfig, multiple: i
         # grid_sample coordinates are ordered (W, H, D) = array axes (2, 1, 0).
         p = np.eye(3)[::-1]
         theta = np.concatenate([p @ a_norm @ p, (p @ t_norm)[:, None]], axis=1)
-        grid = F.affine_grid(torch.tensor(theta, dtype=torch.float32)[None], list(stack.shape), align_corners=False)
+        grid = F.affine_grid(torch.tensor(theta, dtype=torch.float32, device=stack.device)[None], list(stack.shape),
+                             align_corners=False)
         stack[:, 0] += 1.0  # CT air is -1: shift so that zero padding means air
         stack = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         stack[:, 0] -= 1.0
     c = x.shape[0]
-    xs, ys, occs = stack[:, :c], stack[:, c:c + 1], stack[0, c + 1:].numpy()
-    body = xs[0, 1].numpy()
-    w = torch.from_numpy(loss_weights(occs, body, cfg.alpha))[None, None]
+    xs, ys, occs = stack[:, :c], stack[:, c:c + 1], stack[0, c + 1:]
+    w = loss_weights(occs, xs[0, 1], cfg.alpha)[None, None]
     return xs, ys, w
 
 
@@ -193,7 +198,7 @@ def validate(net, val_cases: list, site: SiteSpec, device) -> dict:
     net.eval()
     for v in val_cases:
         pred_full = full_dose_from_coarse(predict_coarse(net, v["x"], device) * site.reference_dose_gy,
-                                          v["body_lo"], v["pad_shape"], v["body"])
+                                          v["body_lo"], v["pad_shape"], v["body"], v["pool"])
         acc.add(pred_full, v["dose"], v["body"], v["structures"], v["spacing"])
         rx = np.where(v["ptv_rx"] > 0, v["ptv_rx"], pred_full)
         acc_rx.add(rx, v["dose"], v["body"], v["structures"], v["spacing"])
@@ -205,11 +210,11 @@ def validate(net, val_cases: list, site: SiteSpec, device) -> dict:
     return r
 
 
-def full_dose_from_coarse(pred_lo_gy, body_lo, pad_shape, body_crop) -> np.ndarray:
+def full_dose_from_coarse(pred_lo_gy, body_lo, pad_shape, body_crop, pool: int = POOL) -> np.ndarray:
     """Coarse prediction -> full-resolution crop (unpadded), zero outside the body."""
     body_full = np.zeros(pad_shape, dtype=bool)
     body_full[tuple(slice(0, s) for s in body_crop.shape)] = body_crop
-    up = upsample_dose(np.maximum(pred_lo_gy, 0), body_lo, body_full)
+    up = upsample_dose(np.maximum(pred_lo_gy, 0), body_lo, body_full, pool)
     return up[tuple(slice(0, s) for s in body_crop.shape)]
 
 
@@ -277,11 +282,11 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
     train_cases = []
     for i, c in enumerate(tr_raw):
         check_cancel(cancel)
-        train_cases.append(prepare_train_case(c, site))
+        train_cases.append(prepare_train_case(c, site, cfg.pool))
         report(progress, i + 1, len(tr_raw) + cfg.n_val, "preparing cases")
     del tr_raw
     va_raw = load_cache(val_cache, site.key)[:cfg.n_val]
-    val_cases = [prepare_val_case(c, site, ucfg.multiple) for c in va_raw]
+    val_cases = [prepare_val_case(c, site, ucfg.multiple, cfg.pool) for c in va_raw]
     del va_raw
     log(f"prepared {len(train_cases)} train / {len(val_cases)} val cases in {time.perf_counter() - t_load:.0f} s; "
         f"network {net.n_parameters()} parameters")
@@ -316,8 +321,7 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
             check_cancel(cancel)
             ts = time.perf_counter()
             c = train_cases[int(idx)]
-            x, y, w = augment_sample(c["x"], c["y"], c["occ"], rng, site, cfg, ucfg.multiple)
-            x, y, w = x.to(device), y.to(device), w.to(device)
+            x, y, w = augment_sample(c["x"], c["y"], c["occ"], rng, site, cfg, ucfg.multiple, device)
             step = epoch * n + k
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, planned_epochs * n, cfg)
@@ -339,7 +343,7 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
         improved = best is None or scores["dose_score_gy"] < best["dose_score_gy"]
         if improved:
             best = dict(rec)
-            meta = model_meta(net, site, chans, POOL, "predict", info={
+            meta = model_meta(net, site, chans, cfg.pool, "predict", info={
                 "epoch": epoch, "val_subset": cfg.n_val, "val_dose_score_gy": scores["dose_score_gy"],
                 "val_dvh_score_gy": scores["dvh_score_gy"], "train_config": asdict(cfg),
                 "train_elapsed_s": rec["elapsed_s"]})

@@ -106,12 +106,14 @@ def test_openkbp_frame_is_used_as_is():
     np.testing.assert_array_equal(back, np.where(p.external_mask(), ref, 0).astype(np.float32))
 
 
-def test_mask_normalised_resampling_keeps_a_constant_dose():
+@pytest.mark.parametrize("pool", [1, 2])
+def test_mask_normalised_resampling_keeps_a_constant_dose(pool):
     # A constant dose inside an irregular body must come back constant: plain averaging
     # with the zeros outside would lower every skin voxel.
     body = sphere((16, 16, 16), (7.3, 8.1, 7.7), 6.5)
     dose = np.where(body, 50.0, 0.0).astype(np.float32)
-    lo = pool_dose(dose, body)
-    up = upsample_dose(lo, (lo > 0).astype(np.float32), body)
+    lo = pool_dose(dose, body, pool)
+    assert lo.shape == tuple(16 // pool for _ in range(3))
+    up = upsample_dose(lo, (lo > 0).astype(np.float32), body, pool)
     np.testing.assert_allclose(up[body], 50.0, rtol=1e-5)
     assert np.all(up[~body] == 0)
