@@ -40,7 +40,7 @@ figcaption{font-size:12px;color:#444;text-align:center}
 
 _METRIC_LABELS = {
     "site": "Site", "device": "Compute device", "all_p1_met": "All priority-1 goals met",
-    "total_mu": "Total MU (course)", "total_mu_per_fraction": "Total MU per fraction", "ci": "Conformity index (CI)",
+    "total_mu": "Total MU", "total_mu_per_fraction": "Total MU per fraction", "ci": "Conformity index (CI)",
     "hi": "Homogeneity index (HI)", "n_segments": "Segments (all beams)", "mu_per_cgy": "MU per cGy (per fraction)",
     "warm_start": "Warm start",
 }
@@ -142,6 +142,35 @@ def _beam_table(beams, segmented_beams, fractions: int) -> str:
                         (_fmt(sb.info.get("modulation"), 2), True), (_fmt(sb.info.get("levels")), True)]))
     out.append("</table>")
     return "\n".join(out)
+
+
+def _dose_stats_table(dose_gy, structures, grid) -> str:
+    """Per-structure DVH statistics (Gy): volume, mean, max, D2, D50, D95, D98, D0.03cc."""
+    from core.evaluation.dvh import dvh_endpoints
+
+    keys = ("mean", "max", "D0.03cc", "D2", "D50", "D95", "D98")
+    out = ["<table>" + _th("Structure", "Volume (cc)", *[f"{k} (Gy)" for k in keys])]
+    for s in structures:
+        e = dvh_endpoints(dose_gy, s.mask, grid)
+        out.append(_tr([(escape(s.name), False), (_fmt(e["volume_cc"], 1), True)]
+                       + [(_fmt(e[k]), True) for k in keys]))
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _indices(dose_gy, patient, rx) -> dict:
+    """CI (Paddick) and HI (ICRU 83) of the prescribed target, for a report whose metrics lack them."""
+    from core.evaluation.indices import conformity_paddick, homogeneity_icru83
+
+    s = patient.structures.get(rx.structure) if rx is not None else None
+    if s is None or s.is_empty:
+        return {}
+    try:
+        body = patient.external_mask()
+    except Exception:  # noqa: BLE001  (no body contour and no CT: CI over the whole grid)
+        body = None
+    return {"ci": (f"CI (Paddick) of {s.name}", conformity_paddick(dose_gy, s.mask, rx.dose_gy, body)),
+            "hi": (f"HI (ICRU 83) of {s.name}", homogeneity_icru83(dose_gy, s.mask))}
 
 
 def _dose_array(dose, grid) -> np.ndarray:
@@ -269,6 +298,11 @@ def write_report(path, patient, dose, goals_table_rows, metrics: dict, *, fluenc
                "Prescription": f"{rx.dose_gy:g} Gy in {rx.fractions} fractions to {rx.structure}" if rx else None,
                "Report written": _dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
     scalar = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list)) and k != "site"}
+    lower = {k.lower() for k in scalar}
+    if not {"ci", "hi"} <= lower:   # the report always states them; computed here when not given
+        for k, (label, v) in _indices(d, patient, rx).items():
+            if k not in lower:
+                scalar[label] = v
 
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -305,6 +339,7 @@ def write_report(path, patient, dose, goals_table_rows, metrics: dict, *, fluenc
               "sagittal: anterior on left, superior up).</p>",
               f'<div class="legend">{legend}</div>', f'<div class="pics">{"".join(pics)}{scale}</div>',
               "<h2>Dose-volume histogram</h2>", svg,
+              "<h2>Dose statistics</h2>", _dose_stats_table(d, shown, grid),
               "</body></html>"]
     path = Path(path)
     atomic_write_text(path, "\n".join(p for p in parts if p))

@@ -198,3 +198,16 @@ def test_report_accepts_goal_results_and_rejects_wrong_grid(tmp_path):
     with pytest.raises(InputError):
         write_report(tmp_path / "bad.html", p, np.zeros((2, 2, 2)), res, {})
     assert not (tmp_path / "bad.html").exists()
+
+
+def test_report_states_ci_hi_and_dose_statistics_when_metrics_lack_them(tmp_path):
+    from core.evaluation.indices import conformity_paddick, homogeneity_icru83
+
+    p, dose = _phantom()
+    html = write_report(tmp_path / "r.html", p, dose, [], {}).read_text()
+    ptv = p.structure("PTV60").mask
+    ci = conformity_paddick(dose.dose_gy, ptv, 60.0, p.external_mask())
+    hi = homogeneity_icru83(dose.dose_gy, ptv)
+    assert f"CI (Paddick) of PTV60</th><td class=\"num\">{ci:.3f}" in html
+    assert f"HI (ICRU 83) of PTV60</th><td class=\"num\">{hi:.3f}" in html
+    assert "Dose statistics" in html and html.count("<td>Cord</td>") >= 1
