@@ -130,7 +130,7 @@ def _effect_table(effect: dict) -> str:
 
 def _beam_table(beams, segmented_beams, fractions: int) -> str:
     out = ["<table>" + _th("Beam", "Gantry (&deg;)", "Couch (&deg;)", "Collimator (&deg;)", "Segments", "MU / fraction",
-                           "Smallest segment MU / fx", "Modulation", "Levels")]
+                           "Smallest segment MU / fx", "Modulation", "Levels", "Fluence change rms / max (%)")]
     for sb in segmented_beams:
         b = beams[sb.beam_index] if beams is not None and sb.beam_index < len(beams) else None
         segs = sb.segments
@@ -139,8 +139,13 @@ def _beam_table(beams, segmented_beams, fractions: int) -> str:
                         (_fmt(getattr(b, "couch_deg", None), 0), True),
                         (_fmt(getattr(b, "collimator_deg", None), 0), True),
                         (sb.n_segments, True), (_fmt(sb.mu / fractions, 1), True), (_fmt(smallest, 1), True),
-                        (_fmt(sb.info.get("modulation"), 2), True), (_fmt(sb.info.get("levels")), True)]))
+                        (_fmt(sb.info.get("modulation"), 2), True), (_fmt(sb.info.get("levels")), True),
+                        (f'{_fmt(sb.info.get("beamlet_rms_change_pct"), 1)} / '
+                         f'{_fmt(sb.info.get("beamlet_max_change_pct"), 1)}', True)]))
     out.append("</table>")
+    out.append('<p class="note">Modulation: beam MU / largest beamlet MU (1 = open field). Fluence change: '
+               "delivered vs optimized beamlet weights, in % of the beam's largest weight (intensity levels, "
+               "leaf widths and the minimum-MU rule together).</p>")
     return "\n".join(out)
 
 

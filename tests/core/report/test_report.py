@@ -211,3 +211,23 @@ def test_report_states_ci_hi_and_dose_statistics_when_metrics_lack_them(tmp_path
     assert f"CI (Paddick) of PTV60</th><td class=\"num\">{ci:.3f}" in html
     assert f"HI (ICRU 83) of PTV60</th><td class=\"num\">{hi:.3f}" in html
     assert "Dose statistics" in html and html.count("<td>Cord</td>") >= 1
+
+
+def test_report_beam_table_lists_segments_and_mu_per_fraction(tmp_path):
+    from core.delivery.sequencing import SequencingOptions, sequence_plan
+    from core.dose.beams import Beam, BeamSet
+
+    p, dose = _phantom()
+    u = (np.arange(8) - 4 + 0.5) * 5.0
+    pos1 = np.array([(a, b) for a in u for b in u])
+    beam_of = np.repeat(np.arange(2), len(pos1))
+    pos = np.tile(pos1, (2, 1))
+    w = 3000.0 * (1 + np.cos(pos[:, 0] / 10.0)) * (1 + 0.5 * beam_of)
+    beams = BeamSet((Beam(gantry_deg=90.0), Beam(gantry_deg=270.0)))
+    sbs = sequence_plan(w, beam_of, pos, (5.0, 5.0), beams, SequencingOptions(fractions=30))
+    html = write_report(tmp_path / "r.html", p, dose, [], {}, beams=beams, segmented_beams=sbs).read_text()
+    table = html[html.index("<h2>Beams and segments</h2>"):]
+    table = table[:table.index("</table>")]
+    for sb in sbs:   # one row per beam: number, gantry, ..., segment count, MU per fraction (30 fractions)
+        assert f'<td class="num">{sb.n_segments}</td><td class="num">{sb.mu / 30:.1f}</td>' in table
+    assert '<td class="num">90</td>' in table and '<td class="num">270</td>' in table
