@@ -105,6 +105,11 @@ def _dcmread(path: Path):
     except OSError as exc:
         raise DicomError(f"cannot read the file ({exc.strerror})", path) from None
     has_magic = len(head) == 132 and head[128:132] == b"DICM"
+    if not has_magic and head[:2] not in (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02"):
+        # A preamble-less DICOM stream starts with a group 0002 or 0008 tag (either byte
+        # order); anything else is not DICOM, and forcing pydicom through it (a large
+        # image or archive) would only waste time and memory.
+        return None
     try:
         with _pywarnings.catch_warnings():
             _pywarnings.simplefilter("ignore")
