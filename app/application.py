@@ -187,12 +187,13 @@ def run_gui(patient: str | None = None, screenshot: str | None = None, phantom_f
     headless = screenshot is not None
     ws = Workstation(headless=headless, theme=theme)
     win = ws.window
+    restored = False
     if headless:
         win.resize(*size)  # reproducible screenshots: no saved layout
-    elif not win.restore_layout(ws.settings):
-        win.resize(*size)
-    if panel == "3d":
-        win.volume_dock.raise_()
+    else:
+        restored = win.restore_layout(ws.settings)
+        if not restored:
+            win.resize(*size)
     previous_hook = sys.excepthook
 
     def excepthook(etype, value, tb):
@@ -202,6 +203,12 @@ def run_gui(patient: str | None = None, screenshot: str | None = None, phantom_f
 
     sys.excepthook = excepthook
     win.show()
+    # Qt makes the last tabified dock current when the window first shows; pick the front
+    # tab after show (the 3D view, hidden behind the DVH, then never starts VTK).
+    if panel == "3d":
+        win.volume_dock.raise_()
+    elif panel == "dvh" or not restored:
+        win.dvh_dock.raise_()
     if patient:
         ws.patients.load(patient, phantom_file=phantom_file)
     exit_code = {"rc": 0}

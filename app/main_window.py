@@ -60,6 +60,7 @@ class MainWindow(QMainWindow):
         # 3D sits behind the DVH tab: VTK starts only when the planner looks at it, which
         # keeps window start-up fast (pyvista/VTK alone take about a second to import).
         self.tabifyDockWidget(self.dvh_dock, self.volume_dock)
+        self.volume_dock.visibilityChanged.connect(self.volume_view.request_start)
         self.dvh_dock.raise_()
         self.resizeDocks([self.structure_dock, self.dvh_dock], [270, 520], Qt.Orientation.Horizontal)
 

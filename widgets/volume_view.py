@@ -77,6 +77,7 @@ class VolumeView(QWidget):
         self._isodose = None  # (dose_gy, level_gy)
         self._beams = []  # (gantry_deg, couch_deg, isocentre_mm)
         self.plotter = None
+        self._mesh_cache: dict = {}
         self.unavailable_reason: str | None = None
         self._init_pending = False
         self._dirty = True
@@ -95,8 +96,10 @@ class VolumeView(QWidget):
 
     # -- data ------------------------------------------------------------------------------
     def set_scene(self, grid, surfaces, isodose=None, beams=()) -> None:
-        """Structures ``[(name, mask, (r, g, b))]``, isodose ``(dose_gy, level_gy)`` or None,
-        beams ``[(gantry_deg, couch_deg, isocentre_mm (3,))]``."""
+        """Structures ``[(name, mask, (r, g, b))]`` (those to show), isodose ``(dose_gy,
+        level_gy)`` or None, beams ``[(gantry_deg, couch_deg, isocentre_mm (3,))]``."""
+        if grid is not self.grid:
+            self._mesh_cache = {}
         self.grid = grid
         self._surfaces = list(surfaces)
         self._isodose = isodose
@@ -108,14 +111,26 @@ class VolumeView(QWidget):
     # -- lazy VTK --------------------------------------------------------------------------
     def showEvent(self, event) -> None:  # noqa: N802
         super().showEvent(event)
+        self.request_start()
+
+    def request_start(self, visible: bool = True) -> None:
+        """Start VTK soon if the view is really on screen (connect a dock's
+        ``visibilityChanged`` here: a tab coming to the front sends no showEvent)."""
+        if not visible:
+            return
         if self.plotter is None and self.unavailable_reason is None and not self._init_pending:
             self._init_pending = True
-            QTimer.singleShot(0, self, self._init_vtk)  # context object: dropped if the view dies first
+            # A short delay, then check again: while a window first lays out its tabified
+            # docks, the hidden tab's widget is briefly "visible" (context object: the timer
+            # is dropped if the view dies first).
+            QTimer.singleShot(250, self, self._init_vtk)
         elif self.plotter is not None and self._dirty:
             self._rebuild()
 
     def _init_vtk(self) -> None:
         self._init_pending = False
+        if not self.isVisible() or self.visibleRegion().isEmpty():
+            return  # shown only in passing (e.g. while docks were tabified): wait for a real show
         reason = opengl_unavailable_reason()
         if reason is None:
             try:
@@ -145,7 +160,10 @@ class VolumeView(QWidget):
         if self.grid is None:
             return
         for name, mask, color in self._surfaces:
-            mesh = self._surface(pv, mask.astype(np.float32), 0.5)
+            key = (name, id(mask))
+            if key not in self._mesh_cache:  # toggling visibility must not re-extract surfaces
+                self._mesh_cache[key] = self._surface(pv, mask.astype(np.float32), 0.5)
+            mesh = self._mesh_cache[key]
             if mesh is not None:
                 pl.add_mesh(mesh, color=[c / 255 for c in color], opacity=0.35 if name.lower() == "external" else 0.8,
                             smooth_shading=True, name=f"s:{name}")
@@ -173,7 +191,9 @@ class VolumeView(QWidget):
         if surf.n_points == 0:
             return None
         surf.points = self.grid.index_to_patient(np.asarray(surf.points) * step)
-        return surf
+        # Voxel masks give staircase surfaces; a light Taubin filter smooths them without
+        # shrinking the volume (a plain Laplacian would pull thin organs inward).
+        return surf.smooth_taubin(n_iter=15, pass_band=0.1)
 
     def closeEvent(self, event) -> None:  # noqa: N802
         if self.plotter is not None:

@@ -95,6 +95,7 @@ class DisplayController(QObject):
         self._dvh_task = None
         workstation.session.changed.connect(self._on_session_changed)
         self.model.structuresChanged.connect(self._sync_dvh_visibility)
+        self.model.structuresChanged.connect(self._update_volume_scene)  # 3D follows the visibility list
 
     # -- session -> widgets ------------------------------------------------------------------
     def _on_session_changed(self, what: list) -> None:
@@ -140,7 +141,9 @@ class DisplayController(QObject):
 
     def _update_volume_scene(self) -> None:
         patient = self.ws.session.patient
-        surfaces = [(layer.name, layer.mask, layer.color) for layer in self.model.structures.values()]
+        if patient is None:
+            return
+        surfaces = [(layer.name, layer.mask, layer.color) for layer in self.model.structures.values() if layer.visible]
         iso = None
         if self.model.dose_gy is not None and self.model.reference_gy > 0:
             iso = (self.model.dose_gy, 0.95 * self.model.reference_gy)
