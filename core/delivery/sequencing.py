@@ -536,6 +536,10 @@ def sequence_plan(weights_mu, beamlet_beam, beamlet_pos_mm, beamlet_size_mm, bea
             out.append(SegmentedBeam(i, dev.name, (), {"n_segments": 0, "mu": 0.0}))
         else:
             out.append(sequence_fluence(w[sel], pos[sel], beamlet_size_mm, dev, options, beam_index=i))
+        asked = getattr(beams[i], "mlc", None) if beams is not None and mlc is None else None
+        if asked is not None and asked != dev.name:
+            # e.g. the engine's "ideal" or an MLC without a sequencing model: say so, never silently
+            out[-1].info["mlc_note"] = f"beam MLC '{asked}' has no sequencing model; sequenced for {dev.name}"
         report(progress, i + 1, n_beams, f"beam {i + 1}/{n_beams}", segments=out[-1].n_segments)
     return out
 
