@@ -8,7 +8,7 @@ restore the layout (``saveState`` / ``restoreState``).
 from __future__ import annotations
 
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt, Signal
-from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow,
+from PySide6.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow,
                                QMessageBox, QToolBar)
 
 from app import actions as action_table
@@ -31,12 +31,15 @@ class MainWindow(QMainWindow):
     -------
     themeChanged(str)
         The planner picked ``dark`` or ``light``.
+    planChosen(str)
+        The planner picked the plan (key) whose dose the views show.
     closing()
         The window is about to close (save settings, stop tasks).
     """
 
     themeChanged = Signal(str)
     closing = Signal()
+    planChosen = Signal(str)
 
     def __init__(self, viewer_model, parent=None):
         super().__init__(parent)
@@ -68,6 +71,15 @@ class MainWindow(QMainWindow):
         self.toolbar.setObjectName("toolbar.main")
         self.toolbar.setMovable(True)
         self.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.toolbar)
+        self.plan_toolbar = QToolBar("Plan shown")
+        self.plan_toolbar.setObjectName("toolbar.plan")
+        self.plan_toolbar.addWidget(QLabel(" Dose shown: "))
+        self.plan_box = QComboBox()
+        self.plan_box.setMinimumWidth(160)
+        self.plan_box.setToolTip("The plan whose dose the image views show (all plans are on the DVH)")
+        self.plan_box.currentIndexChanged.connect(self._on_plan_chosen)
+        self.plan_toolbar.addWidget(self.plan_box)
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.plan_toolbar)
 
         sb = self.statusBar()
         self.task_progress = TaskProgress()
@@ -104,6 +116,26 @@ class MainWindow(QMainWindow):
             a.setIcon(icon(name))
             panels.addAction(a)
         panels.addAction(self.toolbar.toggleViewAction())
+        panels.addAction(self.plan_toolbar.toggleViewAction())
+
+    # -- plans -------------------------------------------------------------------------------
+    def set_plans(self, plans: list, active: str | None) -> None:
+        """Fill the plan chooser with ``[(key, label)]`` and select ``active`` (no signal)."""
+        self.plan_box.blockSignals(True)
+        try:
+            self.plan_box.clear()
+            for key, label in plans:
+                self.plan_box.addItem(label, key)
+            i = self.plan_box.findData(active)
+            self.plan_box.setCurrentIndex(i)
+            self.plan_box.setEnabled(bool(plans))
+        finally:
+            self.plan_box.blockSignals(False)
+
+    def _on_plan_chosen(self, index: int) -> None:
+        key = self.plan_box.itemData(index)
+        if key is not None:
+            self.planChosen.emit(key)
 
     # -- status ------------------------------------------------------------------------------
     def set_status(self, device: str | None = None, patient: str | None = None, plan: str | None = None) -> None:

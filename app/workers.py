@@ -103,18 +103,26 @@ class Task(QObject):
         self.thread.finished.connect(self._on_thread_finished)
         self.outcome = None  # "succeeded" | "failed" | "cancelled"
         self.result = None
+        self.cancel_token = self.worker.cancel_token
+        # Python-side state: the Qt objects are deleted once the thread ends, and a caller
+        # holding this task must still be able to ask whether it runs.
+        self._started = False
+        self._ended = False
 
     def start(self) -> None:
+        self._started = True
         self.thread.start()
 
     def cancel(self) -> None:
-        self.worker.cancel()
+        self.cancel_token.cancel()  # a plain Python object: safe even after the thread ended
 
     @property
     def running(self) -> bool:
-        return self.thread.isRunning()
+        return self._started and not self._ended
 
     def wait(self, ms: int = 10000) -> bool:
+        if self._ended or not self._started:
+            return True
         return self.thread.wait(ms)
 
     def _finish(self, outcome: str, value) -> None:
@@ -134,6 +142,7 @@ class Task(QObject):
         self.cancelled.emit(exc)
 
     def _on_thread_finished(self) -> None:
+        self._ended = True
         self.worker.deleteLater()
         self.done.emit()
 

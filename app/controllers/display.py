@@ -95,6 +95,7 @@ class DisplayController(QObject):
         self._dvh_task = None
         workstation.session.changed.connect(self._on_session_changed)
         self.model.structuresChanged.connect(self._sync_dvh_visibility)
+        workstation.window.planChosen.connect(workstation.session.set_active_plan)
         self.model.structuresChanged.connect(self._update_volume_scene)  # 3D follows the visibility list
 
     # -- session -> widgets ------------------------------------------------------------------
@@ -104,6 +105,8 @@ class DisplayController(QObject):
             self._show_patient(session.patient)
         if ("plans" in what or "active_plan" in what or "patient" in what) and session.patient is not None:
             self._show_active_dose()
+        if "plans" in what or "patient" in what or "active_plan" in what:
+            win.set_plans([(k, p.label) for k, p in session.plans.items()], session.active_plan)
         if "plans" in what or "patient" in what:
             self._start_dvh()
         if "state" in what or "active_plan" in what:

@@ -126,3 +126,46 @@ def test_layout_persists(qtbot, tmp_path, monkeypatch):
     assert w2.structure_dock.isHidden() and not w2.dvh_dock.isHidden()
     assert w2.height() == saved[1]
     assert w2.width() == min(saved[0], w2.screen().availableGeometry().width() - 2)
+
+
+def test_second_plan_overlays_dashed_and_can_be_shown(qtbot, workstation, demo_case, tmp_path):
+    from core.io.dosefile import save_dose_npz
+    from core.patient import Dose
+
+    ws = workstation
+    _load_demo(qtbot, ws, demo_case)
+    p = ws.session.patient
+    cooler = Dose(p.doses["reference"].dose_gy * 0.9, p.grid, "cooler")
+    path = tmp_path / "cooler.npz"
+    save_dose_npz(path, cooler)
+    ws.patients.load_dose(str(path))
+    qtbot.waitUntil(lambda: len(ws.session.plans) == 2 and not ws.runner.busy, timeout=20000)
+    assert ws.errors == []
+    plot = ws.window.dvh_panel.plot
+    assert plot.plans == ["reference", "cooler"]  # first solid, second dashed
+    ptv = {c.plan: c for c in plot.curves if c.structure == "PTV70"}
+    # a dose scaled by 0.9 has the DVH scaled by 0.9 along the dose axis
+    for d in (20.0, 50.0, 63.0):
+        assert ptv["cooler"].volume_at(0.9 * d) == pytest.approx(ptv["reference"].volume_at(d), abs=0.5)
+    assert ws.session.active_plan == "cooler"
+    np.testing.assert_allclose(ws.viewer_model.dose_gy, cooler.dose_gy)
+    box = ws.window.plan_box
+    assert [box.itemData(i) for i in range(box.count())] == ["reference", "cooler"]
+    box.setCurrentIndex(0)
+    assert ws.session.active_plan == "reference"
+    assert ws.viewer_model.dose_gy is p.doses["reference"].dose_gy
+
+
+def test_theme_switch_is_remembered(qtbot, workstation):
+    from PySide6.QtGui import QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from app.application import make_settings
+
+    ws = workstation
+    dark = QApplication.instance().palette().color(QPalette.ColorRole.Window).lightness()
+    ws.actions["view.theme_light"].trigger()
+    light = QApplication.instance().palette().color(QPalette.ColorRole.Window).lightness()
+    assert light > dark + 100
+    assert make_settings().value("theme") == "light"
+    ws.actions["view.theme_dark"].trigger()

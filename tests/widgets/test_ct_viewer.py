@@ -176,3 +176,22 @@ def test_openkbp_order_renders_same_axial_picture(qtbot):
     assert pics[0].shape == pics[1].shape
     diff = np.abs(pics[0][30:].astype(int) - pics[1][30:].astype(int)).max(axis=-1)
     assert (diff > 40).mean() < 0.002
+
+
+def test_ctrl_wheel_zooms_about_the_pointer(qtbot, viewer):
+    from PySide6.QtGui import QWheelEvent
+    from PySide6.QtWidgets import QApplication
+
+    ax = viewer.views["axial"]
+    pos = QPointF(ax.width() * 0.3, ax.height() * 0.6)
+    before = ax.widget_to_index(pos)
+    ev = QWheelEvent(pos, QPointF(ax.mapToGlobal(pos.toPoint())), QPoint(0, 0), QPoint(0, 240),
+                     Qt.MouseButton.NoButton, Qt.KeyboardModifier.ControlModifier, Qt.ScrollPhase.NoScrollPhase, False)
+    s = ax.slice_index
+    QApplication.sendEvent(ax, ev)
+    assert ax.zoom == pytest.approx(1.15 ** 2)
+    assert ax.slice_index == s  # zoom, not scroll
+    # the anatomy under the pointer stays under it (to float precision)
+    np.testing.assert_allclose(ax.widget_to_index(pos), before, atol=1e-6)
+    ax.reset_view()
+    assert ax.zoom == 1.0
