@@ -1,6 +1,7 @@
 """GUI benchmark: window start-up time and slice-scroll frame rate. Prints one JSON document.
 
-    QT_QPA_PLATFORM=offscreen python bench/gui.py [--quick]
+    python bench/gui.py [--quick]            # offscreen when there is no DISPLAY
+    xvfb-run -a python bench/gui.py          # a real X window (docs/gui-testing.md)
 
 start-up
     A fresh process (``python -c``) imports the app, opens the workstation window with the
@@ -71,8 +72,7 @@ print(json.dumps(marks))
 
 
 def bench_startup(repeats: int) -> dict:
-    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
-               OPENATP_SETTINGS_DIR=os.environ.get("OPENATP_SETTINGS_DIR", "/tmp/openatp-bench-settings"))
+    env = dict(os.environ, OPENATP_SETTINGS_DIR=os.environ.get("OPENATP_SETTINGS_DIR", "/tmp/openatp-bench-settings"))
     runs = []
     for _ in range(repeats):
         t0 = time.time()
@@ -168,12 +168,13 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="demo patient only, fewer slices and one start-up run")
     ap.add_argument("--repeats", type=int, default=3, help="start-up runs (median reported)")
     args = ap.parse_args()
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no X server: offscreen raster
     os.environ.setdefault("OPENATP_SETTINGS_DIR", "/tmp/openatp-bench-settings")
     startup = bench_startup(1 if args.quick else args.repeats)
     scroll = bench_scroll(args.quick)
     doc = {
-        "platform": os.environ["QT_QPA_PLATFORM"],
+        "platform": os.environ.get("QT_QPA_PLATFORM") or "xcb (DISPLAY=%s)" % os.environ.get("DISPLAY"),
         "cpu_count": os.cpu_count(),
         "loadavg_1min": round(os.getloadavg()[0], 2),
         "startup_s": startup["median_s"],

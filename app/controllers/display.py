@@ -96,6 +96,7 @@ class DisplayController(QObject):
         workstation.session.changed.connect(self._on_session_changed)
         self.model.structuresChanged.connect(self._sync_dvh_visibility)
         workstation.window.planChosen.connect(workstation.session.set_active_plan)
+        workstation.window.structure_list.structureActivated.connect(self.centre_on_structure)
         self.model.structuresChanged.connect(self._update_volume_scene)  # 3D follows the visibility list
 
     # -- session -> widgets ------------------------------------------------------------------
@@ -199,6 +200,13 @@ class DisplayController(QObject):
             self.ws.show_error(exc, "Could not draw the goals")
             markers = []
         self.ws.window.dvh_panel.set_goals(markers)
+
+    def centre_on_structure(self, name: str) -> None:
+        """Move the crosshair (all three slices) to a structure's centre of mass."""
+        layer = self.model.structures.get(name)
+        if layer is None or not layer.mask.any():
+            return
+        self.model.set_cursor(np.argwhere(layer.mask).mean(axis=0))
 
     # -- handlers named in the action table ---------------------------------------------------
     def preset_soft_tissue(self) -> None:

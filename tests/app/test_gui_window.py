@@ -169,3 +169,21 @@ def test_theme_switch_is_remembered(qtbot, workstation):
     assert light > dark + 100
     assert make_settings().value("theme") == "light"
     ws.actions["view.theme_dark"].trigger()
+
+
+def test_double_click_centres_views_and_slot_errors_are_caught(qtbot, workstation, demo_case):
+    ws = workstation
+    _load_demo(qtbot, ws, demo_case)
+    mask = ws.session.patient.structures["Brainstem"].mask
+    ws.window.structure_list.structureActivated.emit("Brainstem")
+    centre = np.round(np.argwhere(mask).mean(axis=0)).astype(int)
+    assert tuple(ws.viewer_model.cursor) == tuple(centre)
+    # a defect inside a worker is reported (with details), never kills the window
+    ws.runner.run("broken", lambda progress=None, cancel=None: 1 / 0,
+                  on_failure=lambda e: ws.show_error(e, "Broken task"))
+    qtbot.waitUntil(lambda: not ws.runner.busy and bool(ws.errors), timeout=10000)
+    from app.application import error_text
+
+    msg, details = error_text(ws.errors[-1])
+    assert "ZeroDivisionError" in msg and "Traceback" in details
+    assert ws.window.isVisible()
