@@ -148,7 +148,9 @@ def bench_scroll(quick: bool) -> dict:
             start = max(model.cursor[m.slice_axis] - n // 2, 0)
             model.set_slice(view, start)
             win.viewer.repaint()
+            sv = win.viewer.views[view]
             for label, seq in (("cold", range(start + 1, start + n)), ("warm", range(start + n - 2, start - 1, -1))):
+                painted0 = sv.render_count
                 t = time.perf_counter()
                 frames = 0
                 for s in seq:
@@ -156,7 +158,11 @@ def bench_scroll(quick: bool) -> dict:
                     win.viewer.repaint()
                     frames += 1
                 dt = time.perf_counter() - t
+                # every step must really have painted the scrolled view (no skipped frames)
+                if sv.render_count - painted0 < frames:
+                    raise RuntimeError(f"{view} {label}: {frames} steps but {sv.render_count - painted0} paints")
                 res[f"{view}_{label}_fps"] = round(frames / dt, 1)
+            res[f"{view}_frames_per_pass"] = n - 1
         out[key] = res
     ws.runner.shutdown()
     win.close()

@@ -195,3 +195,33 @@ def test_ctrl_wheel_zooms_about_the_pointer(qtbot, viewer):
     np.testing.assert_allclose(ax.widget_to_index(pos), before, atol=1e-6)
     ax.reset_view()
     assert ax.zoom == 1.0
+
+
+def test_colour_wash_opacity_and_gy_levels(qtbot, viewer):
+    ax = viewer.views["axial"]
+    grid = viewer.model.grid
+    idx = tuple(n // 2 for n in grid.shape)  # the dose maximum (60 Gy) sits at the centre
+    viewer.model.set_cursor(idx)
+    viewer.model.set_structure_visible("PTV", False)
+    pos = ax.index_to_widget((idx[0], idx[1] + 1, idx[2] + 1))
+
+    def pixel():
+        return _rgb(ax.grab().toImage())[int(pos.y()) + 2, int(pos.x()) + 2].astype(int)
+
+    viewer.model.set_dose_display(mode="off")
+    plain = pixel()
+    assert np.ptp(plain) == 0  # grey CT
+    viewer.model.set_dose_display(mode="wash", opacity=0.8)
+    strong = pixel()
+    viewer.model.set_dose_display(opacity=0.2)
+    faint = pixel()
+    # near 100 % of the reference the wash is red: more opacity, more red over the grey
+    assert strong[0] - strong[2] > faint[0] - faint[2] > 0
+    # levels in Gy: a 45 Gy line, wherever the phantom dose crosses 45 Gy
+    from scipy.ndimage import map_coordinates
+
+    viewer.model.set_dose_display(mode="isodose", levels=[45], unit="gy")
+    ((_, lines),) = ax._isodose_lines(ax.slice_index)
+    plane = ax.mapping.extract(viewer.model.dose_gy, ax.slice_index).astype(float)
+    vals = map_coordinates(plane, np.array([[ln.y2() - 0.5, ln.x2() - 0.5] for ln in lines]).T, order=1)
+    np.testing.assert_allclose(vals, 45.0, atol=1e-3)
