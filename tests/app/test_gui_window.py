@@ -187,3 +187,28 @@ def test_double_click_centres_views_and_slot_errors_are_caught(qtbot, workstatio
     msg, details = error_text(ws.errors[-1])
     assert "ZeroDivisionError" in msg and "Traceback" in details
     assert ws.window.isVisible()
+
+
+def test_goals_become_dvh_markers_with_core_verdicts(qtbot, workstation, demo_case, tmp_path):
+    import json
+
+    from core.evaluation.dvh import dvh_endpoints
+
+    ws = workstation
+    _load_demo(qtbot, ws, demo_case)
+    p = ws.session.patient
+    ep = dvh_endpoints(p.doses["reference"].dose_gy, p.structures["PTV70"].mask, p.grid)
+    goals = {"goals": [
+        # one goal just met and one just missed by the reference dose (0.5 Gy either side of D95)
+        {"priority": 1, "structure": "PTV70", "type": "min_dose_at_volume", "volume_pct": 95,
+         "dose_gy": round(ep["D95"] - 0.5, 2)},
+        {"priority": 2, "structure": "PTV70", "type": "max_dose_at_volume", "volume_pct": 95,
+         "dose_gy": round(ep["D95"] - 0.5, 2)},
+        {"priority": 3, "structure": "SpinalCord", "type": "max_mean", "dose_gy": 30.0},  # no DVH point
+    ]}
+    path = tmp_path / "goals.json"
+    path.write_text(json.dumps(goals))
+    ws.patients.load_goals(str(path))
+    markers = ws.window.dvh_panel.plot.goals
+    assert [(m.structure, m.kind, m.met) for m in markers] == [("PTV70", "min", True), ("PTV70", "max", False)]
+    assert markers[0].volume_pct == 95.0 and markers[0].dose_gy == goals["goals"][0]["dose_gy"]
