@@ -13,9 +13,11 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import widgets  # noqa: F401  (applies the PySide6 reference-count work-around first)
 from PySide6.QtCore import QObject, QSettings, Qt, QTimer, qInstallMessageHandler
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app import actions as action_table
@@ -55,6 +57,9 @@ def ensure_qapp(argv=None) -> QApplication:
         app = QApplication(list(argv or [sys.argv[0]]))
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)
+    icon_path = Path(__file__).resolve().parents[1] / "resources" / "icons" / "openatp.svg"
+    if icon_path.exists():
+        app.setWindowIcon(QIcon(str(icon_path)))
     return app
 
 
