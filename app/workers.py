@@ -10,6 +10,7 @@ thread keeps running its event loop while the thread works.
 
 from __future__ import annotations
 
+import time
 import traceback
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
@@ -46,9 +47,19 @@ class Worker(QObject):
         self._args = args
         self._kwargs = kwargs
         self.cancel_token = CancelToken()
+        self._last_emit = 0.0
+        self._last_message = None
+
+    #: Seconds between forwarded progress reports: a core loop may report thousands of
+    #: times a second, and each report is an event the GUI thread must process.
+    MIN_INTERVAL_S = 0.05
 
     def _on_core_progress(self, ev: ProgressEvent) -> None:
         # Called on the worker thread: a queued signal carries it to the GUI thread.
+        now = time.monotonic()
+        if ev.fraction < 1.0 and ev.message == self._last_message and now - self._last_emit < self.MIN_INTERVAL_S:
+            return
+        self._last_emit, self._last_message = now, ev.message
         self.progress.emit(float(ev.fraction), ev.message, ev.eta_s)
 
     @Slot()

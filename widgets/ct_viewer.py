@@ -127,7 +127,8 @@ class SliceView(QWidget):
         self._profiles.clear()
         self._frame = None
         self.zoom, self.pan = 1.0, QPointF(0.0, 0.0)
-        self._slice = -1
+        m = self.mapping
+        self._slice = self.model.cursor[m.slice_axis] if m is not None else -1
         self.update()
 
     def _on_cursor_changed(self, cursor) -> None:

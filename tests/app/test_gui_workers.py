@@ -68,3 +68,21 @@ def test_cancel_keeps_last_result(qtbot):
     qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
     assert states == [True, False]
     assert task.outcome == "cancelled"
+
+
+def test_progress_flood_is_throttled(qtbot):
+    """A core loop reporting 20 000 times must not flood the GUI event queue."""
+    def chatty(progress=None, cancel=None):
+        for i in range(20_000):
+            report(progress, i + 1, 20_000, "looping")
+        return "ok"
+
+    runner = TaskRunner()
+    seen = []
+    task = runner.run("chatty", chatty)
+    task.progress.connect(lambda f, m, eta: seen.append(f))
+    with qtbot.waitSignal(task.succeeded, timeout=10000):
+        pass
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
+    assert 1 <= len(seen) < 2000
+    assert seen[-1] == pytest.approx(1.0)  # the final report always arrives
