@@ -80,6 +80,7 @@ class DvhPlot(QWidget):
         self.visible_structures: set | None = None
         self.cursor_gy: float | None = None
         self.max_dose_gy = 1.0
+        self.empty_text = "No dose to show: open a dose (Ctrl+D) or run a plan (Ctrl+R)"
         self.setMouseTracking(True)
         self.setMinimumSize(260, 180)
 
@@ -161,6 +162,8 @@ class DvhPlot(QWidget):
             p.restore()
             p.setPen(text_color)
             p.drawRect(r)
+            if not self.curves:
+                p.drawText(r, Qt.AlignmentFlag.AlignCenter, self.empty_text)
             p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
             p.setClipRect(r.adjusted(-1, -2, 1, 1))
             for c in self.shown_curves():
