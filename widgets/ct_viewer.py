@@ -74,6 +74,7 @@ class SliceView(QWidget):
     rendered = Signal(str)
 
     CROSSHAIR_COLOR = QColor(80, 200, 255, 120)
+    CACHE_BYTES = 32 * 2**20
 
     def __init__(self, model: ViewerModel, view: str, parent=None, show_legend: bool = False):
         super().__init__(parent)
@@ -129,6 +130,10 @@ class SliceView(QWidget):
         self.zoom, self.pan = 1.0, QPointF(0.0, 0.0)
         m = self.mapping
         self._slice = self.model.cursor[m.slice_axis] if m is not None else -1
+        if m is not None:
+            # ~32 MB of RGB32 slices per cache and view: 256 slices of 128^2, 30 of 512^2
+            n = int(min(max(self.CACHE_BYTES // (4 * m.n_rows * m.n_cols), 8), 256))
+            self._images.maxsize = self._washes.maxsize = self._isodoses.maxsize = n
         self.update()
 
     def _on_cursor_changed(self, cursor) -> None:
