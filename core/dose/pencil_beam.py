@@ -375,9 +375,9 @@ class SvdPencilBeamEngine:
             geo = self.beam_geometry(prep, beam)
             timings["geometry"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            rows, cc, vals = self._beam_block(prep, geo, beam, ib, pos[cols], (b_u, b_v), h, cancel)
+            for rows, cc, vals in self._beam_block(prep, geo, beam, ib, pos[cols], (b_u, b_v), h, cancel):
+                blocks.append((rows, cc + col_offset, vals))
             timings["kernel"] += time.perf_counter() - t0
-            blocks.append((rows, cc + col_offset, vals))
             col_offset += cols.size
             report(progress, ib + 1, len(beams), f"beam {ib + 1}/{len(beams)}",
                    nnz=int(sum(len(b[0]) for b in blocks)))
@@ -397,7 +397,8 @@ class SvdPencilBeamEngine:
                   "warnings": prep.warnings})
 
     def _beam_block(self, prep, geo, beam, ib, pos, size, h, cancel):
-        """(rows int32, local cols int32, values float32) of one beam, sorted by (row, col)."""
+        """List of (rows int32, local cols int32, values float32) blocks of one beam; each is
+        sorted by (row, col) and no row appears in two blocks."""
         dev = prep.device
         m = self.machine
         b_u, b_v = size
@@ -425,8 +426,13 @@ class SvdPencilBeamEngine:
         hc = h / max(1, round(h / 0.25))
         suc, svc = int(round(b_u / hc)), int(round(b_v / hc))
         rc_tab = self.core_radius_mm + 1.5 * bmax + 2 * hc
-        core_np = _beamlet_tables(m, ssd_key, (b_u, b_v), rc_tab, hc, RHO_NN_LEVELS,
-                                  kernel_radius_mm=rc_tab + bmax)
+        # only the density levels this beam's voxels need
+        lvl_v = torch.clamp(torch.round((prep.rho_local - RHO_NN_LEVELS[0]) / 0.05), 0, len(RHO_NN_LEVELS) - 1)
+        i1 = RHO_NN_LEVELS.index(1.0)
+        lvl_lo, lvl_hi = min(int(lvl_v.min()), i1), max(int(lvl_v.max()), i1)
+        core_np = np.stack([_beamlet_tables(m, ssd_key, (b_u, b_v), rc_tab, hc, (RHO_NN_LEVELS[lv],),
+                                            kernel_radius_mm=rc_tab + bmax)[0]
+                            for lv in range(lvl_lo, lvl_hi + 1)])
         core_flat = torch.as_tensor(core_np.reshape(-1, 3), device=dev)
         Nc = core_np.shape[1]
         cc_ = Nc // 2
@@ -483,93 +489,84 @@ class SvdPencilBeamEngine:
                     & (geo.v >= (j_min - 0.5) * b_v - reach) & (geo.v <= (j_min + nj - 0.5) * b_v + reach))
 
         vox = torch.nonzero(box(self.tail_radius_mm + bmax)).reshape(-1)
+        blocks = []
         if vox.numel() == 0:
-            empty = torch.empty(0, dtype=torch.int32, device=dev)
-            return empty, empty, torch.empty(0, dtype=torch.float32, device=dev)
+            return blocks
         in_core = box(self.core_radius_mm + 1.5 * bmax)[vox]
         Dall = _depth_factors(m, geo.rd[vox], geo.theta_deg[vox]) * (m.gy_per_mu * geo.isl[vox])[:, None]
-        lv = torch.as_tensor(RHO_NN_LEVELS, dtype=torch.float32, device=dev)
-        lvl_all = torch.clamp(torch.round((prep.rho_local[vox] - lv[0]) / 0.05), 0, len(RHO_NN_LEVELS) - 1).long()
-        i1 = RHO_NN_LEVELS.index(1.0)
+        lvl_all = torch.clamp(torch.round((prep.rho_local[vox] - RHO_NN_LEVELS[0]) / 0.05), 0,
+                              len(RHO_NN_LEVELS) - 1).long() - lvl_lo
         thr = float(self.rel_threshold * m.gy_per_mu * float(
-            (m.depth_factors_np(np.array([15.0]))[:, 0] * core_np[i1, cc_, cc_]).sum()))
+            (m.depth_factors_np(np.array([15.0]))[:, 0] * core_np[i1 - lvl_lo, cc_, cc_]).sum()))
         gen = torch.Generator(device="cpu")
         gen.manual_seed(1_000_003 * (ib + 1))
 
         def rand(n):
             return torch.rand(n, generator=gen).to(dev)
 
+        big = torch.iinfo(torch.int64).max
+        n_lat = lat_flat.numel()
         n_per = len(oi) + len(strata)
         chunk = max(256, self.chunk_pairs // max(1, n_per))
-        out_r, out_c, out_v = [], [], []
         for c0 in range(0, vox.numel(), chunk):
             check_cancel(cancel)
             sl = slice(c0, c0 + chunk)
             vs = vox[sl]
+            n = vs.numel()
             u, v = geo.u[vs], geo.v[vs]
             D = Dall[sl]
             ci = torch.round(u / b_u)
             cj = torch.round(v / b_v)
             lat_base = (ci.long() - i_min + P) * nj2 + (cj.long() - j_min + P)
-            rows_l, cols_l, vals_l = [], [], []
 
-            # ---- core pairs (exact, nearest 0.25 mm table pixel, nearest density level) --
-            cr = torch.nonzero(in_core[sl]).reshape(-1)
+            # ---- tail samples for every voxel: (n, S) stratified importance sampling -----
+            S = len(strata)
+            if S:
+                au = torch.round((u - ci * b_u) / h).long()
+                av = torch.round((v - cj * b_v) / h).long()
+                tb = (ct_ + au) * Nt + (ct_ + av)
+                tcols, tvals = [], []
+                for cdf, s_lat, s_tab, inv_p in strata:
+                    k = torch.clamp(torch.searchsorted(cdf, rand(n)), max=len(cdf) - 1)
+                    colt = torch.take(lat_flat, (lat_base + s_lat.index_select(0, k)).clamp(0, n_lat - 1))
+                    t = tail_flat.index_select(0, tb - s_tab.index_select(0, k))
+                    val = (t * D).sum(1) * (inv_p.index_select(0, k) * horn.index_select(0, colt.clamp(min=0)))
+                    ok = (colt >= 0) & (val > 0)
+                    tcols.append(torch.where(ok, colt, big))
+                    tvals.append(val)
+                tcols = torch.stack(tcols, 1)
+                tvals = torch.stack(tvals, 1)
+            else:
+                tcols = torch.empty((n, 0), dtype=torch.int64, device=dev)
+                tvals = torch.empty((n, 0), dtype=torch.float32, device=dev)
+
+            # ---- core pairs (exact; nearest 0.25 mm table pixel and density level) -------
+            incore = in_core[sl]
+            cr = torch.nonzero(incore).reshape(-1)
             if cr.numel():
                 au = torch.round((u[cr] - ci[cr] * b_u) / hc).long()
                 av = torch.round((v[cr] - cj[cr] * b_v) / hc).long()
                 tbase = lvl_all[sl][cr] * (Nc * Nc) + (cc_ + au) * Nc + (cc_ + av)
-                lidx = lat_base[cr][:, None] + off_lat[None, :]
-                col = torch.take(lat_flat, lidx.clamp(0, lat_flat.numel() - 1))
-                rr_, kk = torch.nonzero(col >= 0, as_tuple=True)
-                cols = col[rr_, kk]
-                t = core_flat.index_select(0, tbase.index_select(0, rr_) - off_tab.index_select(0, kk))
-                val = (t * D.index_select(0, cr.index_select(0, rr_))).sum(1) * horn.index_select(0, cols)
+                col = torch.take(lat_flat, (lat_base[cr][:, None] + off_lat[None, :]).clamp(0, n_lat - 1))
+                t = core_flat.index_select(0, (tbase[:, None] - off_tab[None, :]).reshape(-1)).view(len(cr), -1, 3)
+                val = (t * D[cr][:, None, :]).sum(-1) * horn.index_select(0, col.clamp(min=0).reshape(-1)).view(col.shape)
+                valid = col >= 0
                 small = val < thr
-                if bool(small.any()):
-                    keep = ~small | (rand(len(val)) * thr < val)
+                if bool((small & valid).any()):
+                    # Russian roulette below the threshold: kept with probability val / thr,
+                    # stored as thr (unbiased); random numbers only for the small ones.
+                    idx_small = torch.nonzero((small & valid).reshape(-1)).reshape(-1)
+                    keep_small = rand(idx_small.numel()) * thr < val.reshape(-1).index_select(0, idx_small)
+                    valid_f = valid.reshape(-1).clone()
+                    valid_f[idx_small] = keep_small
+                    valid = valid_f.view(valid.shape)
                     val = torch.where(small, torch.full_like(val, thr), val)
-                    rr_, cols, val = rr_[keep], cols[keep], val[keep]
-                rows_l.append(cr[rr_])
-                cols_l.append(cols)
-                vals_l.append(val)
-
-            # ---- tail samples (stratified importance sampling) ---------------------------
-            if strata:
-                au = torch.round((u - ci * b_u) / h).long()
-                av = torch.round((v - cj * b_v) / h).long()
-                tb = (ct_ + au) * Nt + (ct_ + av)
-                n_lat = lat_flat.numel()
-                for cdf, s_lat, s_tab, inv_p in strata:
-                    k = torch.clamp(torch.searchsorted(cdf, rand(len(vs))), max=len(cdf) - 1)
-                    colt = torch.take(lat_flat, (lat_base + s_lat.index_select(0, k)).clamp(0, n_lat - 1))
-                    rr_ = torch.nonzero(colt >= 0).reshape(-1)
-                    if rr_.numel() == 0:
-                        continue
-                    kk = k.index_select(0, rr_)
-                    cst = colt.index_select(0, rr_)
-                    t = tail_flat.index_select(0, tb.index_select(0, rr_) - s_tab.index_select(0, kk))
-                    val = (t * D.index_select(0, rr_)).sum(1) * (inv_p.index_select(0, kk) * horn.index_select(0, cst))
-                    good = val > 0
-                    rows_l.append(rr_[good])
-                    cols_l.append(cst[good])
-                    vals_l.append(val[good])
-            if not rows_l:
-                continue
-            rows_c = torch.cat(rows_l)
-            cols_c = torch.cat(cols_l)
-            vals_c = torch.cat(vals_l)
-            skey, order = torch.sort(rows_c * (len(pos) + 1) + cols_c)
-            rows_c, cols_c, vals_c = rows_c[order], cols_c[order], vals_c[order]
-            # Core offsets and tail strata are disjoint sets of lattice offsets, so every
-            # (row, col) pair is unique.
-            out_r.append(vs[rows_c].to(torch.int32))
-            out_c.append(cols_c.to(torch.int32))
-            out_v.append(vals_c.float())
-        if not out_r:
-            empty = torch.empty(0, dtype=torch.int32, device=dev)
-            return empty, empty, torch.empty(0, dtype=torch.float32, device=dev)
-        return torch.cat(out_r), torch.cat(out_c), torch.cat(out_v)
+                ccols = torch.where(valid, col, big)
+                blocks.append(_sorted_rows(vs[cr], torch.cat([ccols, tcols[cr]], 1), torch.cat([val, tvals[cr]], 1), big))
+            nc = torch.nonzero(~incore).reshape(-1)
+            if nc.numel() and S:
+                blocks.append(_sorted_rows(vs[nc], tcols[nc], tvals[nc], big))
+        return blocks
 
     # -- forward dose --------------------------------------------------------------------
     def forward(self, patient, beams, fluences, *, dose_grid=None, device=None, progress=None, cancel=None,
@@ -617,6 +614,16 @@ class SvdPencilBeamEngine:
         out = np.zeros(dgrid.size, dtype=np.float32)
         out[prep.voxel_index] = dose.cpu().numpy()
         return out.reshape(dgrid.shape), prep
+
+
+def _sorted_rows(rows, cols, vals, big):
+    """Flatten dense (n, k) per-row candidates (invalid cols = ``big``) into (row, col, val)
+    sorted by row then column: a batched sort of short rows instead of one global sort."""
+    if cols.shape[1] > 1:
+        cols, order = torch.sort(cols, dim=1)
+        vals = torch.gather(vals, 1, order)
+    r, k = torch.nonzero(cols != big, as_tuple=True)
+    return rows.index_select(0, r).to(torch.int32), cols[r, k].to(torch.int32), vals[r, k].float()
 
 
 def _assemble_csr(blocks, n_rows: int, n_cols: int, device):

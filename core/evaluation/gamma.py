@@ -36,8 +36,8 @@ def gamma_index(ref_gy: np.ndarray, eval_gy: np.ndarray, spacing_mm, dose_pct: f
         reference dose (``global_norm=False``).
     dta_mm : distance-to-agreement criterion.
     threshold_pct : only reference voxels above this % of the reference maximum are evaluated.
-    max_gamma : search radius in units of ``dta_mm``; gammas above it are reported as
-        ``max_gamma`` (1 is enough for pass rates).
+    max_gamma : search radius in units of ``dta_mm`` (1 is enough for pass rates); gammas
+        above it are upper bounds (they are certainly above ``max_gamma``).
     steps : search lattice points per ``dta_mm``.
     mask : optional bool array restricting the evaluated voxels further.
     """
@@ -59,7 +59,7 @@ def gamma_index(ref_gy: np.ndarray, eval_gy: np.ndarray, spacing_mm, dose_pct: f
     pts = np.argwhere(sel)
     dref = ref[sel].astype(np.float64)
     dd = dose_pct / 100.0 * (dmax if global_norm else np.maximum(dref, 1e-12))
-    best = np.minimum(np.abs(ev[sel] - dref) / dd, max_gamma) ** 2  # zero offset
+    best = ((ev[sel] - dref) / dd) ** 2  # zero offset
     h = dta_mm / steps
     n = [int(np.floor(max_gamma * dta_mm / h))] * 3
     g = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in n], indexing="ij"), -1).reshape(-1, 3) * h
@@ -78,8 +78,10 @@ def gamma_index(ref_gy: np.ndarray, eval_gy: np.ndarray, spacing_mm, dose_pct: f
         ddv = dd if np.isscalar(dd) else dd[active]
         gam2 = d2 + ((val - dref[active]) / ddv) ** 2
         best[active] = np.minimum(best[active], gam2)
-    gam = np.sqrt(np.minimum(best, max_gamma ** 2))
+    # Exact where <= max_gamma; above it the value is the zero-offset (or best searched)
+    # bound, which is >= the true gamma but certainly > max_gamma.
+    gam = np.sqrt(best)
     out = np.full(ref.shape, np.nan, dtype=np.float32)
     out[sel] = gam
-    return GammaResult(out, float(np.mean(gam <= 1.0)) if gam.size else float("nan"), int(gam.size),
+    return GammaResult(out, float(np.mean(best <= 1.0)) if gam.size else float("nan"), int(gam.size),
                        float(dose_pct / 100.0 * dmax) if global_norm else float("nan"))

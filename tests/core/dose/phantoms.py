@@ -32,7 +32,10 @@ def water_box(size_mm=(300.0, 300.0, 300.0), spacing_mm=(3.0, 3.0, 3.0), hu_fn=N
 
 
 def axis_values(dose: np.ndarray, grid: Grid, x=0.0, z=0.0):
-    """Dose along y (the gantry-0 beam axis) at LPS (x, z): (y_mm, dose)."""
-    i = grid.patient_to_index([[x, 0.0, z]])[0]
-    k, j = int(round(i[0])), int(round(i[2]))
-    return grid.axis_coords_mm(1), dose[k, :, j]
+    """Dose along y (the gantry-0 beam axis) at LPS (x, z), trilinear between voxel
+    centres: (y_mm of the voxel centres, dose)."""
+    from scipy.ndimage import map_coordinates
+
+    y = grid.axis_coords_mm(1)
+    pts = np.stack([np.full_like(y, x), y, np.full_like(y, z)], 1)
+    return y, map_coordinates(dose, grid.patient_to_index(pts).T, order=1)
