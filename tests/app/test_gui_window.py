@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import widgets  # noqa: F401
+from PySide6.QtCore import Qt
 from app import actions as action_table
 
 
@@ -212,3 +213,45 @@ def test_goals_become_dvh_markers_with_core_verdicts(qtbot, workstation, demo_ca
     markers = ws.window.dvh_panel.plot.goals
     assert [(m.structure, m.kind, m.met) for m in markers] == [("PTV70", "min", True), ("PTV70", "max", False)]
     assert markers[0].volume_pct == 95.0 and markers[0].dose_gy == goals["goals"][0]["dose_gy"]
+
+
+def test_planning_progress_eta_and_cancel_through_the_window(qtbot, workstation, demo_case, monkeypatch):
+    """A stand-in pipeline (the real one is another module's job) reports progress; the
+    task bar shows it with an ETA, the cancel button stops it, the last good dose is kept."""
+    import sys
+    import threading
+    import time
+    import types
+
+    from core.patient import Dose
+    from core.progress import check_cancel, report
+
+    ws = workstation
+    _load_demo(qtbot, ws, demo_case)
+    ref = ws.session.patient.doses["reference"]
+    started = threading.Event()
+
+    def plan_patient(patient, progress=None, cancel=None):
+        last = None
+        for i in range(2000):
+            last = Dose(ref.dose_gy * (0.5 + i / 4000), ref.grid, "plan")
+            report(progress, i + 1, 2000, "optimising")
+            started.set()
+            check_cancel(cancel, result=last)
+            time.sleep(0.005)
+        return last
+
+    monkeypatch.setitem(sys.modules, "core.pipeline", types.SimpleNamespace(plan_patient=plan_patient))
+    tp = ws.window.task_progress
+    ws.actions["plan.run"].trigger()
+    assert started.wait(10)
+    qtbot.waitUntil(lambda: tp.bar.value() > 0 and tp.eta_label.text().startswith("ETA"), timeout=10000)
+    assert tp.title_label.text() == "Automated plan" and tp.message_label.text() == "optimising"
+    assert ws.actions["plan.cancel"].isEnabled() and not ws.actions["plan.run"].isEnabled()
+    qtbot.mouseClick(tp.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not ws.runner.busy, timeout=10000)
+    assert ws.session.state == "planning cancelled (last result kept)"
+    assert ws.session.active_plan == "plan 1"
+    kept = ws.session.plans["plan 1"].dose.dose_gy
+    assert 0.5 * ref.dose_gy.max() <= kept.max() < ref.dose_gy.max()
+    assert tp.isHidden() and not ws.actions["plan.cancel"].isEnabled()
