@@ -149,14 +149,15 @@ def _measured_block(meta, result, mode, hist) -> str:
     info = meta["info"]
     tc = info.get("train_config", {})
     lines = [
-        f"- Checkpoint: epoch {info.get('epoch')} of {len(hist)} run "
+        f"- Checkpoint: epoch {info.get('epoch')} (the run had finished {len(hist)} epochs at install) "
         f"(its score on the 8-case validation subset used during training: dose "
         f"{info.get('val_dose_score_gy_subset', float('nan')):.3f} Gy, "
         f"DVH {info.get('val_dvh_score_gy_subset', float('nan')):.3f} Gy).",
         f"- Training wall time to that checkpoint: {info.get('train_elapsed_s', 0) / 60:.0f} min; whole run "
         f"{(hist[-1]['elapsed_s'] / 60) if hist else float('nan'):.0f} min on the shared 2-core CPU "
         f"(torch threads: {tc.get('threads')}), network {meta['unet']}.",
-        f"- Validation, all {result[mode]['n_patients']} cases of the OpenKBP validation split, "
+        f"- Validation, {result[mode]['n_patients']} cases of the OpenKBP validation split (all 33 unless "
+        "`--limit` was given), "
         "through `openatp predict`'s path:",
         "",
         "| convention | dose score (Gy) | DVH score (Gy) |",
