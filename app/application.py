@@ -150,6 +150,9 @@ class Workstation(QObject):
     # -- device ---------------------------------------------------------------------------------
     def probe_device(self, spec: str = "auto") -> None:
         """Find CPU/GPU on a worker (importing torch takes a second; never on the GUI thread)."""
+        if (spec or "").lower() == "cpu":
+            self.window.set_status(device="CPU")  # asked for, always there: no need to load torch
+            return
         def probe(progress=None, cancel=None):
             from core.device import device_name, resolve_device
 
