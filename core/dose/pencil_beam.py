@@ -549,7 +549,8 @@ class SvdPencilBeamEngine:
                 tbase = lvl_all[sl][cr] * (Nc * Nc) + (cc_ + au) * Nc + (cc_ + av)
                 col = torch.take(lat_flat, (lat_base[cr][:, None] + off_lat[None, :]).clamp(0, n_lat - 1))
                 t = core_flat.index_select(0, (tbase[:, None] - off_tab[None, :]).reshape(-1)).view(len(cr), -1, 3)
-                val = (t * D[cr][:, None, :]).sum(-1) * horn.index_select(0, col.clamp(min=0).reshape(-1)).view(col.shape)
+                val = torch.bmm(t, D.index_select(0, cr).unsqueeze(2)).squeeze(2)
+                val = val * horn.index_select(0, col.clamp(min=0).reshape(-1)).view(col.shape)
                 valid = col >= 0
                 small = val < thr
                 if bool((small & valid).any()):
