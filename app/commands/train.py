@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training cases (tests)")
     p.add_argument("--resume", action="store_true", help="continue from MODEL/checkpoint_last.pt")
+    p.add_argument("--extend-epochs", type=int, default=0,
+                   help="with --resume: add epochs (a new cosine phase; warm restart if the run had finished)")
+    p.add_argument("--extend-lr", type=float, default=None, help="peak learning rate of the added phase")
     add_device(p)
     add_json(p)
     p.set_defaults(func=run)
@@ -88,8 +91,11 @@ def run(args) -> int:
                       n_val=args.n_val, threads=args.threads, alpha=args.alpha, augment=not args.no_augment,
                       limit_train=args.limit_train, pool=pool, unet=preset)
     _log(f"device {device}, recipe {size}: pool {pool}, network {preset}")
+    if args.extend_epochs and not args.resume:
+        raise InputError("--extend-epochs needs --resume (it extends an existing run)")
     result = train(caches["train"], caches["validation"], out, cfg, resume=args.resume, device=device,
-                   progress=progress_for(args), log=_log)
+                   progress=progress_for(args), log=_log, extend_epochs=args.extend_epochs,
+                   extend_lr=args.extend_lr)
     if args.json:
         emit_json({"epochs": result["epochs"], "best_val_loss": result["best_val_loss"],
                    "best_dose_score_gy": result["best_dose_score_gy"],

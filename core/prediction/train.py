@@ -235,15 +235,27 @@ def train_step(net, opt, x, y, w) -> float:
     return float(loss.detach())
 
 
-def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    t = min(step / max(total, 1), 1.0)
-    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
+def _lr_at(step: int, total: int, cfg: TrainConfig, phases=None) -> float:
+    """Cosine decay from ``cfg.lr`` to ``cfg.lr_min`` over ``total`` steps; with ``phases``
+    (``[start_step, end_step, lr_max]`` rows, from ``--extend-epochs``) the last phase that
+    has started decays from its own ``lr_max`` (a warm restart)."""
+    start, end, lr_max = 0, total, cfg.lr
+    for p0, p1, lr0 in phases or []:
+        if step >= p0:
+            start, end, lr_max = p0, p1, lr0
+    t = min((step - start) / max(end - start, 1), 1.0)
+    return cfg.lr_min + 0.5 * (lr_max - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
 
 
 def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, cfg: TrainConfig,
-          resume: bool = False, device="cpu", progress=None, cancel=None, log=None) -> dict:
+          resume: bool = False, device="cpu", progress=None, cancel=None, log=None,
+          extend_epochs: int = 0, extend_lr: float | None = None) -> dict:
     """Train (or resume) a model; writes ``model.pt`` (best), ``config.json``,
     ``checkpoint_last.pt`` and ``train_log.jsonl`` into ``out_dir``.
+
+    ``extend_epochs`` (with ``resume``) adds epochs to the plan: a new cosine phase from
+    ``extend_lr`` (default: the learning rate at the resume point, or 1e-4 if the run had
+    already decayed below it) to ``lr_min`` over the remaining steps.
 
     Returns ``{"epochs", "best_val_loss", "best_dose_score_gy", "best_dvh_score_gy", "seconds"}``
     (``best_val_loss`` is the best validation dose score, Gy).
@@ -292,12 +304,23 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
         f"network {net.n_parameters()} parameters")
 
     epoch0, best, history, planned_epochs, elapsed_prev = 0, None, [], cfg.epochs, 0.0
+    phases = []
+    n = len(train_cases)
     if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         epoch0, best, history = state["epoch"], state["best"], state["history"]
         planned_epochs, elapsed_prev = state["planned_epochs"], state["elapsed_s"]
-    n = len(train_cases)
+        phases = [list(p) for p in state.get("phases", [])]
+        if extend_epochs > 0:
+            now = epoch0 * n
+            lr_now = _lr_at(now, planned_epochs * n, cfg, phases)
+            lr0 = extend_lr if extend_lr else (lr_now if lr_now >= 1e-4 else 1e-4)
+            if not phases:  # make the original schedule explicit so it keeps its length
+                phases.append([0, planned_epochs * n, float(cfg.lr)])
+            planned_epochs += int(extend_epochs)
+            phases.append([now, planned_epochs * n, float(lr0)])
+            log(f"extending to {planned_epochs} epochs: cosine from {lr0:.2e} over the remaining steps")
     t0 = time.perf_counter() - elapsed_prev
     last_ckpt = time.perf_counter()
     step_times = []
@@ -307,6 +330,7 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
         buf = io.BytesIO()
         torch.save({"cfg": asdict(cfg), "model": net.state_dict(), "optimizer": opt.state_dict(),
                     "epoch": epoch_done, "best": best, "history": history, "planned_epochs": planned_epochs,
+                    "phases": phases,
                     "elapsed_s": time.perf_counter() - t0}, buf)
         atomic_write_bytes(ckpt_path, buf.getvalue())
 
@@ -324,7 +348,7 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
             x, y, w = augment_sample(c["x"], c["y"], c["occ"], rng, site, cfg, ucfg.multiple, device)
             step = epoch * n + k
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, planned_epochs * n, cfg)
+                g["lr"] = _lr_at(step, planned_epochs * n, cfg, phases)
             losses.append(train_step(net, opt, x, y, w))
             step_times.append(time.perf_counter() - ts)
             done = epoch * n + k + 1

@@ -112,3 +112,16 @@ def test_tiny_training_run_is_deterministic_and_resumable(caches, tmp_path):
     lb = [json.loads(s) for s in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
     assert la[-1]["train_loss"] == pytest.approx(lb[-1]["train_loss"], rel=1e-6)
     assert la[-1]["dose_score_gy"] == pytest.approx(lb[-1]["dose_score_gy"], rel=1e-6)
+
+
+def test_extending_a_finished_run_adds_epochs_with_a_warm_restart(caches, tmp_path):
+    from core.prediction.train import _lr_at
+
+    cfg = TrainConfig(epochs=1, n_val=1, seed=1, unet=TINY, threads=1)
+    train(caches / "tr.npz", caches / "va.npz", tmp_path, cfg)
+    r = train(caches / "tr.npz", caches / "va.npz", tmp_path, cfg, resume=True, extend_epochs=1, extend_lr=2e-4)
+    assert r["epochs"] == 2
+    ck = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    assert ck["phases"] == [[0, 3, 3e-4], [3, 6, 2e-4]]  # 3 training cases an epoch
+    assert _lr_at(3, 6, cfg, ck["phases"]) == pytest.approx(2e-4)
+    assert _lr_at(2, 6, cfg, ck["phases"]) < 1e-4  # the first phase was decaying
