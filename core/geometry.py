@@ -141,26 +141,55 @@ class Grid:
 
 def resample_to_grid(values: np.ndarray, src: Grid, dst: Grid, order: int = 1,
                      fill: float = 0.0) -> np.ndarray:
-    """Resample ``values`` on ``src`` onto ``dst`` (trilinear for ``order=1``, nearest for 0).
+    """Resample ``values`` on ``src`` onto ``dst``: trilinear for ``order=1``, nearest for 0.
 
-    Points of ``dst`` outside ``src`` (by more than half a voxel) get ``fill``.
-    Memory is bounded by working one destination plane at a time.
+    Points of ``dst`` within half a voxel beyond ``src``'s edge centres take the edge value;
+    points further out get ``fill``. Grids are axis-aligned by construction, so trilinear
+    interpolation separates exactly into three 1D interpolations (an order of magnitude
+    faster than ``map_coordinates`` on a 512 x 512 CT, and memory stays at one array).
+
+    Returns
+    -------
+    (dst.shape) ndarray: float32 for ``order=1``, ``values.dtype`` for ``order=0``.
     """
-    from scipy.ndimage import map_coordinates
-
     if values.shape != src.shape:
         raise GeometryError(f"array shape {values.shape} does not match its grid {src.shape}")
+    if order not in (0, 1):
+        raise GeometryError(f"interpolation order must be 0 or 1, got {order}")
+    out_dtype = np.float32 if order == 1 else values.dtype
     if src.same_as(dst):
-        return values.copy()
-    out = np.empty(dst.shape, dtype=np.float32 if order > 0 else values.dtype)
-    i1, i2 = np.meshgrid(np.arange(dst.shape[1]), np.arange(dst.shape[2]), indexing="ij")
-    base = np.stack([np.zeros(i1.size), i1.ravel(), i2.ravel()], axis=1)
-    src_vals = values.astype(np.float32) if order > 0 else values
-    for p in range(dst.shape[0]):
-        base[:, 0] = p
-        sidx = src.patient_to_index(dst.index_to_patient(base))
-        inside = np.all((sidx >= -0.5) & (sidx <= np.asarray(src.shape) - 0.5), axis=1)
-        plane = map_coordinates(src_vals, sidx.T, order=order, mode="nearest")
-        plane = np.where(inside, plane, fill)
-        out[p] = plane.reshape(dst.shape[1], dst.shape[2])
+        return values.astype(out_dtype, copy=True)
+    # source axes brought into the destination's patient-axis order; directions are handled
+    # by the index mapping below
+    perm = [int(np.nonzero(src.patient_axis_index == ax)[0][0]) for ax in dst.patient_axis_index]
+    a = np.transpose(values.astype(out_dtype, copy=False), perm)
+    out = np.zeros(dst.shape, out_dtype) if fill == 0 else np.full(dst.shape, fill, out_dtype)
+    box, plans = [], []
+    for k in range(3):
+        sk = perm[k]
+        idx = (dst.axis_coords_mm(k) - src.origin_mm[sk]) * src.signs[sk] / src.spacing_mm[sk]
+        n = src.shape[sk]
+        inside = np.nonzero((idx >= -0.5) & (idx <= n - 0.5))[0]
+        if inside.size == 0:
+            return out  # no overlap at all
+        lo, hi = int(inside[0]), int(inside[-1]) + 1  # contiguous: idx is monotonic
+        box.append(slice(lo, hi))
+        idx = np.clip(idx[lo:hi], 0, n - 1)
+        if order == 0:
+            plans.append((np.clip(np.floor(idx + 0.5).astype(np.int64), 0, n - 1), None, None))
+            continue
+        i0 = np.minimum(np.floor(idx).astype(np.int64), max(n - 2, 0))
+        i1 = np.minimum(i0 + 1, n - 1)
+        w = (idx - i0).astype(np.float32) if n > 1 else np.zeros(idx.shape, np.float32)
+        plans.append((i0, i1, w))
+    # the axis that shrinks the array most goes first: fewest operations
+    for k in sorted(range(3), key=lambda k: plans[k][0].size / max(a.shape[k], 1)):
+        i0, i1, w = plans[k]
+        a0 = np.take(a, i0, axis=k)
+        if w is not None:
+            shp = [1, 1, 1]
+            shp[k] = -1
+            a0 += (np.take(a, i1, axis=k) - a0) * w.reshape(shp)
+        a = a0
+    out[tuple(box)] = a
     return out

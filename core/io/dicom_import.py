@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import DicomError, InputError
-from core.geometry import Grid
+from core.geometry import Grid, resample_to_grid
 from core.io.rasterize import rasterize_contours
 from core.patient import CtImage, Dose, Patient, Prescription, Structure, StructureRole, guess_role
 from core.progress import check_cancel, report
@@ -716,57 +716,6 @@ def _default_color(i: int) -> tuple:
 
 
 # -- resampling ------------------------------------------------------------------------------
-def resample_axis_aligned(values: np.ndarray, src: Grid, dst: Grid, fill: float = 0.0) -> np.ndarray:
-    """Trilinear resampling between two axis-aligned grids, one axis at a time.
-
-    Gives the same result as ``core.geometry.resample_to_grid(values, src, dst, order=1,
-    fill=fill)`` (points within half a voxel of the source edge take the edge value,
-    points further out get ``fill``), but as three 1D linear interpolations, which is
-    separable-exact for trilinear and an order of magnitude faster on a 512 x 512 CT.
-
-    Returns
-    -------
-    (dst.shape) float32 ndarray
-    """
-    if values.shape != src.shape:
-        raise InputError(f"array shape {values.shape} does not match its grid {src.shape}")
-    if src.same_as(dst):
-        return values.astype(np.float32, copy=True)
-    # bring the source axes into the destination's patient-axis order (no flips needed:
-    # the index mapping below handles direction)
-    perm = [int(np.nonzero(src.patient_axis_index == ax)[0][0]) for ax in dst.patient_axis_index]
-    a = np.transpose(values.astype(np.float32, copy=False), perm)
-    # np.zeros is lazily zeroed by the OS: much cheaper than np.full for a 512 x 512 CT grid
-    out = np.zeros(dst.shape, np.float32) if fill == 0 else np.full(dst.shape, np.float32(fill), np.float32)
-    box = []
-    plans = []
-    for k in range(3):
-        sk = perm[k]
-        # fractional source index of each destination coordinate along this axis
-        idx = (dst.axis_coords_mm(k) - src.origin_mm[sk]) * src.signs[sk] / src.spacing_mm[sk]
-        n = src.shape[sk]
-        inside = np.nonzero((idx >= -0.5) & (idx <= n - 0.5))[0]
-        if inside.size == 0:
-            return out  # no overlap at all
-        lo, hi = int(inside[0]), int(inside[-1]) + 1  # contiguous: idx is monotonic
-        box.append(slice(lo, hi))
-        idx = np.clip(idx[lo:hi], 0, n - 1)
-        i0 = np.minimum(np.floor(idx).astype(np.int64), max(n - 2, 0))
-        i1 = np.minimum(i0 + 1, n - 1)
-        w = (idx - i0).astype(np.float32) if n > 1 else np.zeros(idx.shape, np.float32)
-        plans.append((i0, i1, w))
-    # interpolate the axis that shrinks the array most first (fewest operations)
-    for k in sorted(range(3), key=lambda k: plans[k][0].size / max(a.shape[k], 1)):
-        i0, i1, w = plans[k]
-        shp = [1, 1, 1]
-        shp[k] = -1
-        a0 = np.take(a, i0, axis=k)
-        a0 += (np.take(a, i1, axis=k) - a0) * w.reshape(shp)
-        a = a0
-    out[tuple(box)] = a
-    return out
-
-
 # -- folder loading --------------------------------------------------------------------------
 def _same_grid_fraction_uncovered(body: np.ndarray, grid: Grid, dose_grid: Grid) -> float:
     """Fraction of ``body`` voxels (on ``grid``) whose centres lie outside ``dose_grid``.
@@ -996,7 +945,7 @@ def load_dicom_folder(path, progress=None, cancel=None) -> Patient:
         if dose_native.grid.same_as(grid):
             patient.doses["reference"] = Dose(dose_native.dose_gy, grid, label="reference")
         else:
-            patient.doses["reference"] = Dose(resample_axis_aligned(dose_native.dose_gy, dose_native.grid, grid),
+            patient.doses["reference"] = Dose(resample_to_grid(dose_native.dose_gy, dose_native.grid, grid),
                                               grid, label="reference")
             body = _body_for_coverage(patient)
             if body is not None:

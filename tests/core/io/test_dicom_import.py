@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 from core.errors import Cancelled, DicomError, InputError
 from core.geometry import Grid, resample_to_grid
 from core.io.dicom_import import (dose_from_target_name, load_dicom_folder, prescriptions_from_names,
-                                  read_rtdose, read_rtplan, resample_axis_aligned)
+                                  read_rtdose, read_rtplan)
 from core.progress import CancelToken, Progress
 from core.patient import StructureRole
 from tests.core.io import dicom_factory as f
@@ -527,20 +527,6 @@ def test_dose_review_rtdose_in_other_frame_is_an_error(tmp_path):
 
 
 # -- speed helpers and progress -------------------------------------------------------------
-@pytest.mark.parametrize("dst", [
-    Grid((20, 25, 30), (1.0, 1.3, 1.1), (0.0, -40.0, -33.0)),
-    Grid((25, 30, 20), (1.3, 1.1, 1.0), (-42.0, -30.0, 30.0), ("+y", "+x", "-z")),
-    Grid((5, 5, 5), (2.5, 3.0, 3.0), (600.5, -27.0, -27.0)),  # no overlap: all fill
-])
-def test_separable_resampling_equals_geometry_resample(dst):
-    # core.geometry.resample_to_grid (map_coordinates, order 1) is the reference; the
-    # separable version must agree to float32 rounding, also from a flipped source grid.
-    src = Grid((7, 9, 11), (2.5, 3.0, 3.0), (4.0, -10.0, -30.0), ("+z", "-y", "+x"))
-    v = np.random.default_rng(0).random(src.shape).astype(np.float32)
-    np.testing.assert_allclose(resample_axis_aligned(v, src, dst), resample_to_grid(v, src, dst, order=1),
-                               atol=1e-6)
-
-
 def test_progress_reaches_one_and_cancel_stops(tmp_path):
     build_case(tmp_path, dose=False, plan=False)
     events = []
