@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from core.errors import Cancelled, DicomError, InputError
-from core.geometry import Grid, resample_to_grid
+from core.geometry import Grid
 from core.io.dicom_import import (dose_from_target_name, load_dicom_folder, prescriptions_from_names,
                                   read_rtdose, read_rtplan)
 from core.progress import CancelToken, Progress
