@@ -192,7 +192,8 @@ class PhotonMachine:
         return b / (b - mu) * (np.exp(-mu * z) - np.exp(-b * z))
 
     def lateral_maps(self, fluence: np.ndarray, h_mm: float, ssd_key: int,
-                     rho_levels=(1.0,), kernel_radius_mm: float | None = None) -> np.ndarray:
+                     rho_levels=(1.0,), kernel_radius_mm: float | None = None,
+                     scatter: bool = True) -> np.ndarray:
         """Convolve a fluence map with the source penumbra and each kernel component.
 
         Parameters
@@ -202,6 +203,8 @@ class PhotonMachine:
         kernel_radius_mm : optional
             Truncate the kernels here (only when the caller needs the result no farther
             than ``fluence extent + kernel_radius_mm`` from the field, as for table cores).
+        scatter : bool
+            Include components 1.. (False: only component 0 at ``rho_levels``).
 
         Returns
         -------
@@ -219,7 +222,10 @@ class PhotonMachine:
         g = h_mm * np.arange(-n, n + 1)
         r = np.sqrt(g[:, None] ** 2 + g[None, :] ** 2)
         out = []
-        for c, rho in [(0, lv) for lv in rho_levels] + [(c, 1.0) for c in range(1, self.n_components)]:
+        comps = [(0, lv) for lv in rho_levels]
+        if scatter:
+            comps += [(c, 1.0) for c in range(1, self.n_components)]
+        for c, rho in comps:
             # Lateral density scaling rho^2 K(rho r) conserves the kernel integral.
             kc = rho * rho * np.interp(rho * r, self.kernel_pos_mm, smooth[c], right=0.0) * h_mm * h_mm
             out.append(fftconvolve(f, kc, mode="same") + spike[c] * f)

@@ -252,28 +252,34 @@ _TABLE_CACHE: dict = {}
 def _beamlet_tables(machine: PhotonMachine, ssd_key: int, size_mm: tuple, radius_mm: float,
                     h_mm: float, levels, kernel_radius_mm: float | None = None) -> np.ndarray:
     """(n_levels, N, N, 3) float32: beamlet (size_mm square, penumbra-blurred) kernels on a
-    centred grid of spacing ``h_mm`` reaching ``radius_mm``; component 0 per density level."""
-    key = (id(machine), ssd_key, tuple(size_mm), round(radius_mm, 3), h_mm, tuple(levels), kernel_radius_mm)
-    if key in _TABLE_CACHE:
-        return _TABLE_CACHE[key]
+    centred grid of spacing ``h_mm`` reaching ``radius_mm``; component 0 per density level.
+
+    Component 0 per level and the scatter components are cached separately, so a new
+    density level costs one convolution."""
     n = int(math.ceil(radius_mm / h_mm))
     g = h_mm * np.arange(-n, n + 1)
     bu, bv = size_mm
-    fl = ((np.abs(g)[:, None] <= bu / 2 + 1e-9) & (np.abs(g)[None, :] <= bv / 2 + 1e-9)).astype(float)
     # Pixels straddling the square's edge get their covered fraction (keeps the area exact).
     fu = np.clip((bu / 2 - np.abs(g) + h_mm / 2) / h_mm, 0, 1)
     fv = np.clip((bv / 2 - np.abs(g) + h_mm / 2) / h_mm, 0, 1)
     fl = fu[:, None] * fv[None, :]
-    maps = machine.lateral_maps(fl, h_mm, ssd_key, rho_levels=levels, kernel_radius_mm=kernel_radius_mm)
-    nl = len(levels)
-    out = np.empty((nl, len(g), len(g), 3), dtype=np.float32)
-    for i in range(nl):
-        out[i, ..., 0] = maps[i]
-        out[i, ..., 1] = maps[nl]
-        out[i, ..., 2] = maps[nl + 1]
-    if len(_TABLE_CACHE) > 16:
+    base = (id(machine), ssd_key, tuple(size_mm), round(radius_mm, 3), h_mm, kernel_radius_mm)
+    if len(_TABLE_CACHE) > 256:
         _TABLE_CACHE.clear()
-    _TABLE_CACHE[key] = out
+    skey = base + ("scatter",)
+    if skey not in _TABLE_CACHE:
+        _TABLE_CACHE[skey] = machine.lateral_maps(fl, h_mm, ssd_key, rho_levels=(),
+                                                  kernel_radius_mm=kernel_radius_mm)
+    sc = _TABLE_CACHE[skey]
+    out = np.empty((len(levels), len(g), len(g), 3), dtype=np.float32)
+    for i, lv in enumerate(levels):
+        k = base + (float(lv),)
+        if k not in _TABLE_CACHE:
+            _TABLE_CACHE[k] = machine.lateral_maps(fl, h_mm, ssd_key, rho_levels=(lv,),
+                                                   kernel_radius_mm=kernel_radius_mm, scatter=False)[0]
+        out[i, ..., 0] = _TABLE_CACHE[k]
+        out[i, ..., 1] = sc[0]
+        out[i, ..., 2] = sc[1]
     return out
 
 
@@ -436,6 +442,10 @@ class SvdPencilBeamEngine:
         core_flat = torch.as_tensor(core_np.reshape(-1, 3), device=dev)
         Nc = core_np.shape[1]
         cc_ = Nc // 2
+        # The tail (beyond the core radius) is smooth: a 1 mm table (nearest pixel) is enough.
+        h = b_u / max(1, round(b_u / 1.0))
+        if abs(b_v / h - round(b_v / h)) > 1e-6:
+            h = hc
         su, sv = int(round(b_u / h)), int(round(b_v / h))
         rt_tab = self.tail_radius_mm + bmax + 2 * h
         tail_np = _beamlet_tables(m, ssd_key, (b_u, b_v), rt_tab, h, (1.0,))[0]
