@@ -26,9 +26,9 @@ dose lies beyond 15 mm) is represented without bias by stratified importance sam
 per voxel and beam, ``tail_samples`` beamlets are drawn from equal-mass strata of the tail
 (probability proportional to the kernel) and stored with weight value/probability. Core
 values below ``rel_threshold`` of a beamlet's maximum are kept by Russian roulette (kept
-with probability value/threshold, stored as the threshold), also unbiased. The random
-numbers come from an integer hash of (voxel, beam, stratum), so results are identical on
-CPU and CUDA and independent of chunking.
+with probability value/threshold, stored as the threshold), also unbiased. Tail offsets
+are drawn with Walker's alias method. The random numbers come from a CPU generator seeded
+per beam, so CPU and CUDA runs draw the same samples.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from core.dose.machine import RHO_LEVELS, RHO_NN_LEVELS, PhotonMachine, get_mach
 from core.errors import DoseEngineError, GeometryError, InputError
 from core.progress import check_cancel, report
 
-_MASK32 = 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,14 +282,21 @@ def _beamlet_tables(machine: PhotonMachine, ssd_key: int, size_mm: tuple, radius
     return out
 
 
-def _hash_uniform(key: torch.Tensor) -> torch.Tensor:
-    """Deterministic uniform [0, 1) floats from int64 keys (same on every device)."""
-    x = key & _MASK32
-    for _ in range(3):
-        x = x ^ (x >> 16)
-        x = (x * 0x45D9F3B) & _MASK32
-    x = x ^ (x >> 16)
-    return (x.double() / 4294967296.0).float()
+def _alias_table(p: np.ndarray):
+    """Vose's alias method for the discrete distribution ``p`` (sums to 1)."""
+    n = len(p)
+    q = np.asarray(p, dtype=np.float64) * n
+    prob = np.ones(n)
+    alias = np.arange(n, dtype=np.int64)
+    small = [i for i in range(n) if q[i] < 1.0]
+    large = [i for i in range(n) if q[i] >= 1.0]
+    while small and large:
+        s_, l_ = small.pop(), large.pop()
+        prob[s_] = q[s_]
+        alias[s_] = l_
+        q[l_] -= 1.0 - q[s_]
+        (small if q[l_] < 1.0 else large).append(l_)
+    return prob, alias
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,7 +494,9 @@ class SvdPencilBeamEngine:
                     continue
                 p_ = pk[a0:a1]
                 mass = p_.sum()
-                strata.append((torch.as_tensor(np.cumsum(p_) / mass, dtype=torch.float32, device=dev),
+                prob, alias = _alias_table(p_ / mass)
+                strata.append(((torch.as_tensor(prob, dtype=torch.float32, device=dev),
+                                torch.as_tensor(alias, device=dev)),
                                torch.as_tensor(ti[a0:a1] * nj2 + tj[a0:a1], device=dev),
                                torch.as_tensor(ti[a0:a1] * su * Nt + tj[a0:a1] * sv, device=dev),
                                torch.as_tensor((mass / p_).astype(np.float32), device=dev)))
@@ -536,8 +544,11 @@ class SvdPencilBeamEngine:
                 av = torch.round((v - cj * b_v) / h).long()
                 tb = (ct_ + au) * Nt + (ct_ + av)
                 tcols, tvals = [], []
-                for cdf, s_lat, s_tab, inv_p in strata:
-                    k = torch.clamp(torch.searchsorted(cdf, rand(n)), max=len(cdf) - 1)
+                for (prob, alias), s_lat, s_tab, inv_p in strata:
+                    # Walker/Vose alias sampling: exact, O(1) per draw
+                    nk = len(prob)
+                    ib_ = torch.clamp((rand(n) * nk).long(), max=nk - 1)
+                    k = torch.where(rand(n) < prob.index_select(0, ib_), ib_, alias.index_select(0, ib_))
                     colt = torch.take(lat_flat, (lat_base + s_lat.index_select(0, k)).clamp(0, n_lat - 1))
                     t = tail_flat.index_select(0, tb - s_tab.index_select(0, k))
                     val = (t * D).sum(1) * (inv_p.index_select(0, k) * horn.index_select(0, colt.clamp(min=0)))
