@@ -159,7 +159,7 @@ def _beam_geometry(prep: _Prepared, beam, machine: PhotonMachine, max_fan_points
     # ---- fan grid over the body's projection -----------------------------------------
     sp = float(min(prep.ct_grid.spacing_mm))
     h_lat = min(max(sp, 1.0), 3.0)
-    h_t = min(max(0.5 * sp, 0.5), 1.5)
+    h_t = min(max(0.6 * sp, 0.5), 2.0)
     # The whole body box projected, so rays start before the skin everywhere.
     corners = np.array([[x, y, z] for x in (prep.body_lps_min[0], prep.body_lps_max[0])
                         for y in (prep.body_lps_min[1], prep.body_lps_max[1])
@@ -649,32 +649,37 @@ def _sorted_rows(rows, cols, vals, big):
 
 
 def _assemble_csr(blocks, n_rows: int, n_cols: int, device):
-    """Merge per-beam (row, col, value) blocks, each sorted by (row, col) and with columns
-    increasing from block to block, into one CSR matrix without a global sort."""
+    """Merge (row, col, value) blocks into one CSR matrix without a global sort.
+
+    Each block is sorted by (row, col); a row's entries may be spread over several blocks,
+    whose columns then increase from block to block (blocks come beam by beam). Work is
+    O(nnz): per block, run-length counts of its rows."""
     nnz = int(sum(len(b[0]) for b in blocks))
     idx_dtype = torch.int32 if nnz < 2**31 - 1 else torch.int64
     counts = torch.zeros(n_rows, dtype=torch.int64, device=device)
-    per_block = []
+    runs = []
     for rows, _, _ in blocks:
-        cnt = torch.bincount(rows.long(), minlength=n_rows)
-        per_block.append(cnt)
-        counts += cnt
+        if len(rows) == 0:
+            runs.append(None)
+            continue
+        uniq, cnt = torch.unique_consecutive(rows.long(), return_counts=True)
+        counts.index_add_(0, uniq, cnt)
+        runs.append((uniq, cnt))
     crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=device)
     crow[1:] = torch.cumsum(counts, 0)
     start = crow[:-1].clone()
     col_out = torch.empty(nnz, dtype=idx_dtype, device=device)
     val_out = torch.empty(nnz, dtype=torch.float32, device=device)
-    for (rows, cols, vals), cnt in zip(blocks, per_block):
-        if len(rows) == 0:
+    for (rows, cols, vals), run in zip(blocks, runs):
+        if run is None:
             continue
-        r = rows.long()
-        first = torch.cumsum(cnt, 0) - cnt               # first position of each row in this block
-        rank = torch.arange(len(r), device=device) - first[r]
-        p = start[r] + rank
+        uniq, cnt = run
+        first = torch.cumsum(cnt, 0) - cnt                    # block position of each run
+        base = start.index_select(0, uniq) - first            # output position minus block position
+        p = torch.repeat_interleave(base, cnt) + torch.arange(len(rows), device=device)
         col_out[p] = cols.to(idx_dtype)
         val_out[p] = vals
-        start += cnt
-        del r, first, rank, p
+        start.index_add_(0, uniq, cnt)
     return torch.sparse_csr_tensor(crow.to(idx_dtype), col_out, val_out, size=(n_rows, n_cols))
 
 
