@@ -1,0 +1,399 @@
+"""The automated plan: predict -> goals -> dose matrix -> optimize -> sequence -> final dose.
+
+One function, :func:`plan_patient`, serves the CLI, the GUI and batch runs. Every stage
+is timed, reports through :mod:`core.progress` and honours cancel. The final dose and
+every reported metric come from the sequenced (deliverable) segments, not from the
+ideal fluence; the ideal fluence's dose is kept to report what sequencing changed.
+:func:`write_plan_outputs` writes the ``openatp plan`` folder atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import Cancelled, InputError, OpenATPError
+from core.progress import Progress, check_cancel, report
+
+#: Beam template per site when the planner names none (``resources/beams``).
+DEFAULT_BEAMS = {"hn": "imrt9", "tg119": "imrt9", "prostate": "imrt7", "lung": "imrt7", "breast": "imrt7",
+                 "cervix": "imrt7", "rectum": "imrt7"}
+
+#: Sites for which a prediction model ships (``resources/models/<site>``).
+PREDICTION_SITES = ("hn",)
+
+STAGES = ("load", "predict", "goals", "dose_matrix", "optimize", "sequence", "final_dose")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How to plan.
+
+    Parameters
+    ----------
+    predict : bool
+        Personalise goal values from the predicted dose (needs a model for the site).
+    beams : str or BeamSet, optional
+        Beam template name, inline ``--beams`` spec or a BeamSet; default :data:`DEFAULT_BEAMS`.
+    device : str
+        ``cpu``, ``cuda`` or ``auto``.
+    beamlet_mm : float
+        Beamlet size at the isocentre.
+    dose_grid_mm : float, optional
+        Dose-matrix grid spacing; ``None`` picks the CT grid when its voxels are at least
+        3 mm in plane, else 3 mm (the usual IMRT calculation grid).
+    model_path : str, optional
+        Prediction model folder; default ``resources/models/<site>``.
+    tta : bool
+        Test-time augmentation (flips) in prediction.
+    optimizer, sequencing : options objects of those stages, optional
+    """
+
+    predict: bool = True
+    beams: object = None
+    device: str = "auto"
+    beamlet_mm: float = 5.0
+    dose_grid_mm: float | None = None
+    model_path: str | None = None
+    tta: bool = False
+    optimizer: object = None
+    sequencing: object = None
+
+
+@dataclass(eq=False)
+class PlanResult:
+    """Everything a plan produced; ``metrics`` is the ``metrics.json`` content."""
+
+    patient: object
+    site: str | None
+    goals: list
+    dij: object
+    optimization: object
+    segmented_beams: list
+    deliverable_mu: np.ndarray
+    fluence_dose: object            # core.patient.Dose of the ideal (unsequenced) weights
+    final_dose: object              # core.patient.Dose of the sequenced segments
+    predicted_dose: object = None   # core.patient.Dose or None
+    metrics: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+def _auto_dose_grid_mm(patient) -> float | None:
+    inplane = sorted(patient.grid.spacing_mm)[:2]
+    return None if min(inplane) >= 3.0 else 3.0
+
+
+def _template_or_none(site):
+    from core.goals.templates import load_template
+
+    return None if site is None else load_template(site)
+
+
+def plan_goals(patient, site, goals=None, predicted=None) -> tuple[list, list]:
+    """The goal list: the user's (``goals``), else the site template's, personalised by
+    ``predicted`` (a Dose) when given. Returns ``(goals, notes)``."""
+    from core.goals.from_prediction import goals_from_prediction
+    from core.goals.templates import goals_for_patient
+
+    notes = []
+    if goals is None:
+        if site is None:
+            raise InputError("no goals: give --site (a protocol template) or --goals GOALS.json")
+        goals, notes = goals_for_patient(patient, site)
+        if not goals:
+            raise InputError(f"the '{site}' template maps to none of this patient's structures "
+                             f"({', '.join(patient.structures)})")
+    else:
+        goals = list(goals)
+        missing = sorted({g.structure for g in goals} - set(patient.structures))
+        if missing:
+            raise InputError(f"goals name structures the patient does not have: {', '.join(missing)} "
+                             f"(have: {', '.join(patient.structures)})")
+    if predicted is not None:
+        goals, more = goals_from_prediction(goals, patient, predicted)
+        notes = list(notes) + list(more)
+    return list(goals), list(notes)
+
+
+def _target_indices(patient, dose_gy: np.ndarray) -> dict:
+    """CI (Paddick, RTOG) and HI (ICRU 83) of every prescribed target."""
+    from core.evaluation.indices import conformity_paddick, conformity_rtog, homogeneity_icru83
+
+    body = patient.external_mask()
+    out = {}
+    for rx in patient.prescriptions:
+        s = patient.structures.get(rx.structure)
+        if s is None or s.is_empty:
+            continue
+        out[rx.structure] = {
+            "prescription_gy": rx.dose_gy,
+            "ci_paddick": conformity_paddick(dose_gy, s.mask, rx.dose_gy, body),
+            "ci_rtog": conformity_rtog(dose_gy, s.mask, rx.dose_gy, body),
+            "hi_icru83": homogeneity_icru83(dose_gy, s.mask),
+        }
+    return out
+
+
+def plan_patient(patient, site: str | None = None, *, goals=None, options: PlanOptions | None = None,
+                 warm_start=None, dij=None, beamlets=None, load_s: float = 0.0, progress: Progress | None = None,
+                 cancel=None) -> PlanResult:
+    """Plan ``patient`` automatically.
+
+    Parameters
+    ----------
+    patient : core.patient.Patient
+    site : str, optional
+        Protocol template key (``hn``, ``prostate``, ``tg119``, ...); needed unless ``goals``.
+    goals : sequence of ClinicalGoal, optional
+        Use these instead of the template's (prediction still personalises non-P1 values
+        when ``options.predict``).
+    options : PlanOptions
+    warm_start : (n_beamlets,) ndarray of MU or OptimizationResult, optional
+        Start the optimizer from this fluence (it must match ``dij``'s beamlets).
+    dij : DoseInfluence, optional
+        Reuse this dose-influence matrix (same beams and grid) instead of computing one.
+    beamlets : (beam_of, pos_mm), optional
+        Explicit beamlets for a new matrix (a warm start's, so its weights line up).
+    load_s : float
+        Seconds the caller spent loading the patient (reported as ``timings_s.load``).
+    progress, cancel : see :mod:`core.progress`
+
+    Returns
+    -------
+    PlanResult
+    """
+    from core.delivery.effect import sequencing_effect
+    from core.delivery.mu import plan_mu_summary
+    from core.delivery.sequencing import SequencingOptions, sequence_influence
+    from core.device import device_name, resolve_device
+    from core.dose.beams import parse_beams
+    from core.dose.influence import compute_influence
+    from core.geometry import resample_to_grid
+    from core.goals.evaluate import evaluate_goals
+    from core.optimization.fluence import optimize_plan
+    from core.patient import Dose
+
+    opts = options or PlanOptions()
+    t_start = time.perf_counter()
+    timings = {k: 0.0 for k in STAGES}
+    timings["load"] = float(load_s)
+    warnings: list = []
+    device = resolve_device(opts.device)
+    if site is not None:
+        _template_or_none(site)  # unknown site -> InputError before any work
+    if not patient.targets or all(s.is_empty for s in patient.targets):
+        raise InputError("the patient has no target structure (PTV): nothing to plan")
+    if not patient.prescriptions and goals is None:
+        raise InputError("the patient has no prescription: give one (e.g. PTV name with dose) or --goals")
+
+    # -- predict ---------------------------------------------------------------------------
+    t = time.perf_counter()
+    predicted = None
+    prediction_info = None
+    if opts.predict:
+        if site is None or site not in PREDICTION_SITES:
+            raise InputError(f"no dose-prediction model for site '{site}' (have: {', '.join(PREDICTION_SITES)}); "
+                             "use --no-predict to plan with the template's goal values")
+        from core.prediction.predict import predict_dose
+
+        pred = predict_dose(patient, site, model_path=opts.model_path, device=str(device), tta=opts.tta,
+                            progress=progress.stage(0.0, 0.08, "predict") if progress else None, cancel=cancel)
+        predicted = pred.dose
+        warnings += list(pred.warnings)
+        prediction_info = {"model": pred.model, "timings_s": pred.timings_s}
+    timings["predict"] = time.perf_counter() - t
+    check_cancel(cancel)
+
+    # -- goals -----------------------------------------------------------------------------
+    t = time.perf_counter()
+    goals, goal_notes = plan_goals(patient, site, goals, predicted)
+    timings["goals"] = time.perf_counter() - t
+    report(progress, 0.1, 1.0, "goals ready")
+
+    # -- dose-influence matrix ---------------------------------------------------------------
+    t = time.perf_counter()
+    if dij is None:
+        spec = opts.beams or DEFAULT_BEAMS.get(site or "", "imrt9")
+        beams = parse_beams(spec) if isinstance(spec, str) else spec
+        grid_mm = opts.dose_grid_mm if opts.dose_grid_mm is not None else _auto_dose_grid_mm(patient)
+        dij = compute_influence(patient, beams, beamlet_mm=opts.beamlet_mm, dose_grid_mm=grid_mm,
+                                device=str(device), beamlets=beamlets,
+                                progress=progress.stage(0.1, 0.45, "dose matrix") if progress else None,
+                                cancel=cancel)
+        warnings += list(dij.meta.get("warnings", []))
+    timings["dose_matrix"] = time.perf_counter() - t
+
+    # -- optimize --------------------------------------------------------------------------
+    t = time.perf_counter()
+    opt = optimize_plan(patient, goals, dij, options=opts.optimizer, warm_start=warm_start, device=device,
+                        progress=progress.stage(0.45, 0.9, "optimize") if progress else None, cancel=cancel)
+    timings["optimize"] = time.perf_counter() - t
+    warnings += list(opt.warnings)
+
+    # -- sequence --------------------------------------------------------------------------
+    t = time.perf_counter()
+    fractions = patient.prescriptions[0].fractions if patient.prescriptions else 1
+    seq_opts = opts.sequencing or SequencingOptions()
+    seq_opts = replace(seq_opts, fractions=fractions)
+    segmented, deliverable = sequence_influence(dij, opt.weights, seq_opts,
+                                                progress=progress.stage(0.9, 0.94, "sequence") if progress else None,
+                                                cancel=cancel)
+    timings["sequence"] = time.perf_counter() - t
+
+    # -- final dose from the segments ---------------------------------------------------------
+    t = time.perf_counter()
+    final = dij.dose_on_grid(np.asarray(deliverable, dtype=np.float32))
+    if not dij.grid.same_as(patient.grid):
+        final = resample_to_grid(final, dij.grid, patient.grid, order=1)
+    final = np.where(patient.external_mask(), final, 0.0).astype(np.float32)
+    final_dose = Dose(final, patient.grid, "plan")
+    fluence_dose = Dose(opt.dose_gy, patient.grid, "ideal fluence")
+    masks = {n: s.mask for n, s in patient.structures.items()}
+    results = evaluate_goals(goals, final, masks, patient.grid.voxel_volume_cc)
+    timings["final_dose"] = time.perf_counter() - t
+    report(progress, 1.0, 1.0, "plan done")
+
+    p1 = [r for r in results if r.goal.priority == 1 and r.met is not None]
+    dose_per_fx = patient.prescriptions[0].dose_per_fraction_gy if patient.prescriptions else None
+    mu = plan_mu_summary(segmented, fractions, dose_per_fx)
+    timings["total"] = time.perf_counter() - t_start + timings["load"]
+    max_rx = max((p.dose_gy for p in patient.prescriptions), default=None)
+    metrics = {
+        "site": site,
+        "device": device_name(device),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "goals": [r.to_dict() for r in results],
+        "all_p1_met": all(bool(r.met) for r in p1),
+        "total_mu": round(float(mu["total_mu_per_fraction"]), 2),
+        "total_mu_per_fraction": round(float(mu["total_mu_per_fraction"]), 2),
+        "total_mu_course": round(float(mu["total_mu"]), 2),
+        "fractions": fractions,
+        "n_segments": int(mu["n_segments"]),
+        "max_dose_gy": round(float(final.max()), 3),
+        "max_dose_pct_of_prescription": None if not max_rx else round(100.0 * float(final.max()) / max_rx, 2),
+        "targets": _target_indices(patient, final),
+        "sequencing_effect": sequencing_effect(patient, opt.dose_gy, final),
+        "ideal_fluence_goals": [r.to_dict() for r in opt.goal_results],
+        "ideal_fluence_all_p1_met": opt.all_p1_met,
+        "optimizer": {"iterations": opt.iterations, "levels": opt.levels, "conflicts": list(opt.conflicts)},
+        "warm_start": warm_start is not None,
+        "beams": dij.beams.to_dict() if dij.beams is not None else None,
+        "dose_grid": dij.grid.to_dict(),
+        "n_beamlets": int(dij.n_beamlets),
+        "goal_notes": goal_notes,
+        "prediction": prediction_info,
+        "warnings": list(dict.fromkeys(list(patient.warnings) + warnings)),
+    }
+    return PlanResult(patient, site, goals, dij, opt, segmented, np.asarray(deliverable), fluence_dose, final_dose,
+                      predicted, metrics, warnings)
+
+
+def write_plan_outputs(result: PlanResult, out_dir, keep_dij: bool = False) -> Path:
+    """Write the ``openatp plan`` folder: ``dose.npz``, ``RTPLAN.dcm``, ``RTDOSE.dcm``,
+    ``metrics.json``, ``report.html``, plus ``plan_state.npz`` (weights, beams, grid) for
+    warm starts. The folder appears complete or not at all."""
+    from core.io.atomic import atomic_directory
+    from core.io.dicom_export import export_rtdose
+    from core.io.dosefile import save_dose_npz
+    from core.io.rtplan_export import export_rtplan
+    from core.report.html import write_report
+
+    out_dir = Path(out_dir)
+    patient = result.patient
+    with atomic_directory(out_dir) as tmp:
+        save_dose_npz(tmp / "dose.npz", result.final_dose)
+        if result.predicted_dose is not None:
+            save_dose_npz(tmp / "predicted_dose.npz", result.predicted_dose)
+        export_rtplan(patient, result.dij.beams, result.segmented_beams, tmp / "RTPLAN.dcm")
+        export_rtdose(result.final_dose, patient, tmp / "RTDOSE.dcm",
+                      plan_sop_instance_uid=patient.dicom.get("rtplan_sop_instance_uid"))
+        (tmp / "metrics.json").write_text(json.dumps(_json_safe(result.metrics), indent=2))
+        state = {"weights_mu": result.optimization.weights.astype(np.float32),
+                 "deliverable_mu": result.deliverable_mu.astype(np.float32),
+                 "beamlet_beam": np.asarray(result.dij.beamlet_beam),
+                 "beamlet_pos_mm": np.asarray(result.dij.beamlet_pos_mm),
+                 "beamlet_size_mm": np.asarray(result.dij.beamlet_size_mm, dtype=np.float64),
+                 "beams_json": np.array(json.dumps(result.dij.beams.to_dict())),
+                 "dose_grid_json": np.array(json.dumps(result.dij.grid.to_dict())),
+                 "goals_json": np.array(json.dumps([g.to_dict() for g in result.goals]))}
+        if keep_dij:
+            state.update(_dij_arrays(result.dij))
+        np.savez_compressed(tmp / "plan_state.npz", **state)
+        write_report(tmp / "report.html", patient, result.final_dose, result.metrics["goals"], result.metrics,
+                     fluence_dose=result.fluence_dose, beams=result.dij.beams,
+                     segmented_beams=result.segmented_beams, sequencing_effect=result.metrics["sequencing_effect"],
+                     title=f"OpenATP plan: {patient.patient_id}", warnings=result.metrics.get("warnings"))
+    return out_dir
+
+
+def _dij_arrays(dij) -> dict:
+    m = dij.matrix.to("cpu")
+    return {"dij_crow": m.crow_indices().numpy(), "dij_col": m.col_indices().numpy(),
+            "dij_val": m.values().numpy(), "dij_shape": np.asarray(m.shape), "dij_voxel_index": dij.voxel_index}
+
+
+@dataclass(eq=False)
+class PlanState:
+    """What an earlier ``openatp plan`` folder holds for a warm start."""
+
+    weights_mu: np.ndarray
+    beams: object
+    dose_grid: object
+    beamlet_beam: np.ndarray
+    beamlet_pos_mm: np.ndarray
+    beamlet_size_mm: tuple
+    goals: list
+    dij: object = None
+
+
+def load_plan_state(folder, patient=None, device="cpu") -> PlanState:
+    """Read ``plan_state.npz`` of an ``openatp plan`` folder (for ``--warm-start``)."""
+    from core.dose.beams import BeamSet
+    from core.geometry import Grid
+    from core.goals.goal import ClinicalGoal
+
+    path = Path(folder) / "plan_state.npz"
+    if not path.exists():
+        raise InputError("no plan_state.npz: not an 'openatp plan' output folder", folder)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+        beams = BeamSet.from_dict(json.loads(str(a["beams_json"])))
+        grid = Grid.from_dict(json.loads(str(a["dose_grid_json"])))
+        goals = [ClinicalGoal.from_dict(d) for d in json.loads(str(a["goals_json"]))]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"plan_state.npz cannot be read ({exc})", folder) from None
+    dij = None
+    if "dij_crow" in a and patient is not None:
+        import torch
+
+        from core.dose.influence import DoseInfluence
+
+        m = torch.sparse_csr_tensor(torch.as_tensor(a["dij_crow"]), torch.as_tensor(a["dij_col"]),
+                                    torch.as_tensor(a["dij_val"]), size=tuple(int(s) for s in a["dij_shape"]))
+        dij = DoseInfluence(m.to(device), a["dij_voxel_index"], grid, a["beamlet_beam"], a["beamlet_pos_mm"],
+                            tuple(float(s) for s in a["beamlet_size_mm"]), beams, patient.grid)
+    return PlanState(a["weights_mu"], beams, grid, a["beamlet_beam"], a["beamlet_pos_mm"],
+                     tuple(float(s) for s in a["beamlet_size_mm"]), goals, dij)
+
+
+def _json_safe(o):
+    if isinstance(o, dict):
+        return {str(k): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _json_safe(o.tolist())
+    if isinstance(o, np.generic):
+        return _json_safe(o.item())
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    return o
+
+
+__all__ = ["PlanOptions", "PlanResult", "PlanState", "plan_patient", "plan_goals", "write_plan_outputs",
+           "load_plan_state", "DEFAULT_BEAMS", "Cancelled", "OpenATPError"]
