@@ -148,8 +148,14 @@ def compute_influence(patient, beams, beamlet_mm: float = 5.0, dose_grid_mm=None
     -------
     DoseInfluence
         ``matrix`` (n_voxels, n_beamlets) CSR float32 in Gy per MU of beamlet weight.
-        Peak memory is about 20 bytes per non-zero plus the chunk working set
-        (``chunk_pairs`` x ~150 bytes).
+
+    Notes
+    -----
+    Memory is bounded: beamlet-voxel pairs are processed in chunks of ``chunk_pairs``
+    (engine option, default 3 M, ~0.3 GB working set); the finished per-beam blocks take
+    12 bytes per non-zero and the CSR result 8. Measured (bench/dose_engine.py, TG-119,
+    9 beams, 2851 beamlets, 1 CPU thread): 3 mm dose grid 22.2 M non-zeros, peak RSS
+    1.2 GiB (0.27 GiB before the call); 5 mm grid 4.8 M non-zeros, 0.65 GiB.
     """
     from core.device import resolve_device
     from core.dose.engine import DEFAULT_ENGINE, get_engine
