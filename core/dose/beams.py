@@ -285,7 +285,17 @@ def _entry_point(grid, body, point, direction, step_mm: float = 0.25):
         return None
     # A point hits once it rounds into a body voxel, i.e. at the voxel boundary, which is
     # where the trilinearly sampled density reaches half its value: the phantom surface.
-    return pts[int(np.argmax(hit))]
+    k = int(np.argmax(hit))
+    if k == 0:
+        return pts[0]
+    # Bisect between the last miss and the first hit: the boundary to ~1e-4 mm.
+    lo, hi = s[k - 1], s[k]
+    for _ in range(12):
+        mid = 0.5 * (lo + hi)
+        i = np.round(grid.patient_to_index(point + mid * direction)[0]).astype(int)
+        inside = np.all(i >= 0) and np.all(i < np.asarray(grid.shape)) and bool(body[tuple(i)])
+        lo, hi = (lo, mid) if inside else (mid, hi)
+    return point + hi * direction
 
 
 # -- templates --------------------------------------------------------------------------
