@@ -73,7 +73,8 @@ def beamlets_for_targets(patient, beams, beamlet_mm=5.0, target_names=None, marg
     Returns
     -------
     beam_of : (n,) int64 beam index of each beamlet (grouped by beam, in beam order)
-    pos_mm : (n, 2) float64 beamlet centres (u, v) at the isocentre plane, raster order
+    pos_mm : (n, 2) float64 beamlet centres (u, v) at the isocentre plane (u on multiples of the
+        beamlet size, v at (j + 1/2) sizes: rows between leaf boundaries), raster order
         (u major, v minor) within each beam
     """
     from core.dose.beams import _uv_xz_np
@@ -100,18 +101,21 @@ def beamlets_for_targets(patient, beams, beamlet_mm=5.0, target_names=None, marg
         cells = set()
         ku = int(np.ceil((b_u / 2 + margin_mm) / b_u)) + 1
         kv = int(np.ceil((b_v / 2 + margin_mm) / b_v)) + 1
-        iu, iv = np.round(u / b_u).astype(np.int64), np.round(v / b_v).astype(np.int64)
+        # v (across the leaves) centres at (j + 1/2) b_v: beamlet rows then coincide with
+        # MLC leaf pairs, whose boundaries lie on multiples of the leaf width through the
+        # isocentre; sequencing then does not smear each row over two pairs.
+        iu, iv = np.round(u / b_u).astype(np.int64), np.round(v / b_v - 0.5).astype(np.int64)
         for du in range(-ku, ku + 1):
             ci = iu + du
             ok_u = np.abs(u - ci * b_u) <= b_u / 2 + margin_mm
             for dv in range(-kv, kv + 1):
                 cj = iv + dv
-                ok = ok_u & (np.abs(v - cj * b_v) <= b_v / 2 + margin_mm)
+                ok = ok_u & (np.abs(v - (cj + 0.5) * b_v) <= b_v / 2 + margin_mm)
                 if ok.any():
                     cells.update(zip(ci[ok].tolist(), cj[ok].tolist()))
         cells = sorted(cells)
         beam_of.extend([ib] * len(cells))
-        pos.extend([(i * b_u, j * b_v) for i, j in cells])
+        pos.extend([(i * b_u, (j + 0.5) * b_v) for i, j in cells])
     return np.asarray(beam_of, dtype=np.int64), np.asarray(pos, dtype=np.float64).reshape(-1, 2)
 
 

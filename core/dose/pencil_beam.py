@@ -415,11 +415,17 @@ class SvdPencilBeamEngine:
         m = self.machine
         b_u, b_v = size
         bmax = max(b_u, b_v)
-        # Beamlet lattice (positions must lie on multiples of the beamlet size through iso).
-        li = np.round(pos[:, 0] / b_u).astype(np.int64)
-        lj = np.round(pos[:, 1] / b_v).astype(np.int64)
-        if np.max(np.abs(li * b_u - pos[:, 0])) > 1e-3 or np.max(np.abs(lj * b_v - pos[:, 1])) > 1e-3:
-            raise InputError("beamlet positions must lie on the beamlet lattice through the isocentre")
+        # Beamlet lattice: centres at (i b_u + off_u, j b_v + off_v). The offset lets the
+        # lattice line up with the MLC's leaf boundaries (centres at (j + 1/2) b_v); all
+        # lattice arithmetic below runs in coordinates shifted by it.
+        off_u, off_v = (float(pos[0, k] - np.round(pos[0, k] / b) * b) for k, b in ((0, b_u), (1, b_v)))
+        li = np.round((pos[:, 0] - off_u) / b_u).astype(np.int64)
+        lj = np.round((pos[:, 1] - off_v) / b_v).astype(np.int64)
+        if (np.max(np.abs(li * b_u + off_u - pos[:, 0])) > 1e-3
+                or np.max(np.abs(lj * b_v + off_v - pos[:, 1])) > 1e-3):
+            raise InputError("beamlet positions of a beam must lie on one regular lattice of the beamlet size")
+        geo_u = geo.u - off_u if off_u else geo.u
+        geo_v = geo.v - off_v if off_v else geo.v
         if np.any(np.diff(li * (lj.max() - lj.min() + 2) + lj) <= 0):
             raise InputError("beamlets of a beam must be distinct and in raster order (u major, v minor)")
         i_min, j_min = int(li.min()), int(lj.min())
@@ -503,8 +509,8 @@ class SvdPencilBeamEngine:
 
         # Voxels this beam reaches (tail) and the subset near its beamlets (core).
         def box(reach):
-            return ((geo.u >= (i_min - 0.5) * b_u - reach) & (geo.u <= (i_min + ni - 0.5) * b_u + reach)
-                    & (geo.v >= (j_min - 0.5) * b_v - reach) & (geo.v <= (j_min + nj - 0.5) * b_v + reach))
+            return ((geo_u >= (i_min - 0.5) * b_u - reach) & (geo_u <= (i_min + ni - 0.5) * b_u + reach)
+                    & (geo_v >= (j_min - 0.5) * b_v - reach) & (geo_v <= (j_min + nj - 0.5) * b_v + reach))
 
         vox = torch.nonzero(box(self.tail_radius_mm + bmax)).reshape(-1)
         blocks = []
@@ -531,7 +537,7 @@ class SvdPencilBeamEngine:
             sl = slice(c0, c0 + chunk)
             vs = vox[sl]
             n = vs.numel()
-            u, v = geo.u[vs], geo.v[vs]
+            u, v = geo_u[vs], geo_v[vs]
             D = Dall[sl]
             ci = torch.round(u / b_u)
             cj = torch.round(v / b_v)

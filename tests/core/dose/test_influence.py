@@ -42,10 +42,12 @@ def test_matrix_contract(case):
     with torch.sparse.check_sparse_tensor_invariants():
         torch.sparse_csr_tensor(m.crow_indices(), m.col_indices(), m.values(), m.shape)
     assert events and events[-1].fraction == pytest.approx(1.0)
-    # beamlets cover the target's projection: the isocentre beamlet is in every beam
+    # beamlets cover the target's projection: the two beamlets beside the isocentre (rows
+    # centred at v = +-b/2, between leaf boundaries) are in every beam
     for ib in range(len(beams)):
         pos = dij.beamlet_pos_mm[dij.beamlet_beam == ib]
-        assert np.any(np.all(np.abs(pos) < 1e-6, axis=1))
+        for v in (-2.5, 2.5):
+            assert np.any(np.all(np.abs(pos - (0.0, v)) < 1e-6, axis=1))
 
 
 def test_matrix_times_fluence_equals_forward_dose(case):
