@@ -93,6 +93,31 @@ def _template_or_none(site):
     return None if site is None else load_template(site)
 
 
+def guess_site(patient) -> str | None:
+    """The protocol template matching most of the patient's target and OAR names (ties:
+    alphabetical), or None when no template knows any of them. The GUI uses it as the
+    default site; the CLI always asks for ``--site``."""
+    from core.goals.templates import available_templates
+
+    names = [s.name for s in patient.structures.values()]
+    best, best_n = None, 0
+    for key, t in sorted(available_templates().items()):
+        n = len(t.match_structures(names))
+        if n > best_n:
+            best, best_n = key, n
+    return best
+
+
+def model_available(site: str | None, model_path=None) -> bool:
+    """True when a prediction model for ``site`` is installed (weights present)."""
+    if site not in PREDICTION_SITES:
+        return False
+    from core.prediction.predict import default_model_path
+
+    folder = Path(model_path) if model_path else default_model_path(site)
+    return any(folder.glob("*.pt"))
+
+
 def plan_goals(patient, site, goals=None, predicted=None) -> tuple[list, list]:
     """The goal list: the user's (``goals``), else the site template's, personalised by
     ``predicted`` (a Dose) when given. Returns ``(goals, notes)``."""
@@ -453,4 +478,5 @@ def _json_safe(o):
 
 
 __all__ = ["PlanOptions", "PlanResult", "PlanState", "plan_patient", "plan_goals", "write_plan_outputs",
+           "guess_site", "model_available",
            "load_plan_state", "DEFAULT_BEAMS", "Cancelled", "OpenATPError"]

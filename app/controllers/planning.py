@@ -8,20 +8,21 @@ from app.session import PlanEntry
 from core.errors import OpenATPError
 
 
-class PlanningUnavailable(OpenATPError):
-    """The automated planning pipeline is not part of this build."""
+def plan_task(patient, site=None, progress=None, cancel=None):
+    """Worker body: :func:`core.pipeline.plan_patient` on the loaded patient.
 
+    The site defaults to the protocol template matching the patient's structure names;
+    goal values are personalised by the dose prediction when that site has a model.
+    """
+    from core.errors import InputError
+    from core.pipeline import PlanOptions, guess_site, model_available, plan_patient
 
-def plan_task(patient, progress=None, cancel=None):
-    """Worker body: :func:`core.pipeline.plan_patient` on the loaded patient."""
-    try:
-        from core.pipeline import plan_patient
-    except ImportError as exc:
-        if "core.pipeline" not in str(exc):
-            raise
-        raise PlanningUnavailable("automated planning is not available in this build yet "
-                                  "(the planning pipeline is still being written)") from None
-    return plan_patient(patient, progress=progress, cancel=cancel)
+    site = site or guess_site(patient)
+    if site is None:
+        raise InputError("no protocol template knows this patient's structure names: "
+                         "load a goal list or rename the structures")
+    return plan_patient(patient, site, options=PlanOptions(predict=model_available(site)),
+                        progress=progress, cancel=cancel)
 
 
 def dose_of(result):
