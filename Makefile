@@ -4,7 +4,6 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.openatp-installed
 DEMO   := resources/demo/pt_demo.npz
-export QT_QPA_PLATFORM ?= offscreen
 
 .PHONY: run test install bench clean
 
@@ -17,16 +16,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# With a display: the workstation on the demo patient. Without: the automated plan, headless.
 run: $(STAMP)
-	$(PY) main.py info $(DEMO)
-	$(PY) main.py dvh $(DEMO) --dose $(DEMO)
+	@if [ -n "$$DISPLAY" ] && [ "$$QT_QPA_PLATFORM" != "offscreen" ]; then \
+	  $(PY) main.py gui $(DEMO); \
+	else \
+	  $(PY) main.py info $(DEMO) && \
+	  $(PY) main.py plan $(DEMO) --site hn --out out/demo_plan && \
+	  echo "report: $$(pwd)/out/demo_plan/report.html"; \
+	fi
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
+	QT_QPA_PLATFORM=$${QT_QPA_PLATFORM:-offscreen} \
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) bench/dose_engine.py
+	$(PY) bench/optimizer.py
+	$(PY) bench/prediction.py
+	$(PY) bench/gui.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -13,9 +13,16 @@ Contract shared by the dose engine (which builds it) and the optimizer (which us
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# torch announces on every CSR construction that sparse CSR is "beta" and that invariant
+# checks are off; we build sorted, checked CSR ourselves (tested), so the notes are noise
+# in every CLI run.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled", category=UserWarning)
 
 from core.geometry import Grid
 
