@@ -15,7 +15,7 @@ For each: dose-influence time, cold optimization time, warm optimization time af
 tightening one goal by 10 %, iterations, goals met.
 
     .venv/bin/python bench/optimizer.py [--case tg119|openkbp|all] [--device cpu]
-        [--threads 2] [--openkbp-case pt_201] [--dose-grid-mm 3]
+        [--threads 2] [--openkbp-case pt_201] [--dose-grid-mm 3] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -39,6 +39,36 @@ def _goal_rows(result):
             for r in result.goal_results]
 
 
+def _influence(args, name, patient, beams, dose_grid_mm):
+    """compute_influence, or a copy cached in ``--cache`` (the engine's time is reported as measured then)."""
+    import ast
+
+    import torch
+
+    from core.dose.influence import DoseInfluence, compute_influence
+    from core.geometry import Grid
+
+    path = Path(args.cache) / f"dij_{name}.npz" if args.cache else None
+    if path is not None and path.exists():
+        z = np.load(path)
+        m = torch.sparse_csr_tensor(torch.from_numpy(z["crow"]), torch.from_numpy(z["col"]),
+                                    torch.from_numpy(z["val"]), size=tuple(z["shape"]))
+        return DoseInfluence(matrix=m, voxel_index=z["voxel_index"], grid=Grid.from_dict(ast.literal_eval(str(z["grid"]))),
+                             beamlet_beam=z["beamlet_beam"], beamlet_pos_mm=z["beamlet_pos_mm"],
+                             beamlet_size_mm=tuple(z["beamlet_size_mm"])), float(z["time_s"])
+    t = time.perf_counter()
+    dij = compute_influence(patient, beams, beamlet_mm=5.0, dose_grid_mm=dose_grid_mm, device=args.device)
+    t_dij = time.perf_counter() - t
+    if path is not None:
+        m = dij.matrix.cpu()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, crow=m.crow_indices().numpy(), col=m.col_indices().numpy(), val=m.values().numpy(),
+                 shape=np.array(m.shape), voxel_index=dij.voxel_index, grid=np.array(str(dij.grid.to_dict())),
+                 beamlet_beam=dij.beamlet_beam, beamlet_pos_mm=dij.beamlet_pos_mm,
+                 beamlet_size_mm=np.array(dij.beamlet_size_mm), time_s=np.array(t_dij))
+    return dij, t_dij
+
+
 def _tighten(goal, pct=10.0):
     return goal.with_value(goal.value * (1 + pct / 100 if goal.kind.is_lower_bound else 1 - pct / 100))
 
@@ -59,7 +89,6 @@ def _plan(patient, goals, dij, device, warm_goal_index):
 
 def bench_tg119(args) -> dict:
     from core.dose.beams import load_template as load_beams
-    from core.dose.influence import compute_influence
     from core.evaluation.dvh import dose_at_volume_pct, structure_doses
     from core.evaluation.indices import conformity_paddick
     from core.goals.templates import goals_for_patient
@@ -68,9 +97,7 @@ def bench_tg119(args) -> dict:
     patient = load_patient("phantom:tg119", SHARED / "tg119" / "tg119.npz")
     goals, warn = goals_for_patient(patient, "tg119")
     beams = load_beams("imrt9")
-    t = time.perf_counter()
-    dij = compute_influence(patient, beams, beamlet_mm=5.0, dose_grid_mm=args.dose_grid_mm, device=args.device)
-    t_dij = time.perf_counter() - t
+    dij, t_dij = _influence(args, "tg119", patient, beams, args.dose_grid_mm)
     core_goal = [i for i, g in enumerate(goals) if g.structure == "Core"][0]
     cold, warm, goals2, t_cold, t_warm = _plan(patient, goals, dij, args.device, core_goal)
 
@@ -109,7 +136,6 @@ def bench_tg119(args) -> dict:
 
 def bench_openkbp(args) -> dict:
     from core.dose.beams import load_template as load_beams
-    from core.dose.influence import compute_influence
     from core.goals.evaluate import evaluate_goals
     from core.goals.from_prediction import goals_from_prediction
     from core.goals.templates import goals_for_patient
@@ -121,9 +147,7 @@ def bench_openkbp(args) -> dict:
     ref = patient.doses["reference"]
     goals, w2 = goals_from_prediction(template_goals, patient, ref)
     beams = load_beams("imrt9")
-    t = time.perf_counter()
-    dij = compute_influence(patient, beams, beamlet_mm=5.0, device=args.device)
-    t_dij = time.perf_counter() - t
+    dij, t_dij = _influence(args, args.openkbp_case, patient, beams, None)
     parotid = [i for i, g in enumerate(goals) if "Parotid" in g.structure and g.priority > 1]
     cold, warm, goals2, t_cold, t_warm = _plan(patient, goals, dij, args.device, parotid[0] if parotid else -1)
     masks = {n: s.mask for n, s in patient.structures.items()}
@@ -163,6 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--openkbp-case", default="pt_201")
     p.add_argument("--dose-grid-mm", type=float, default=3.0)
+    p.add_argument("--cache", default=None, help="folder to keep dose-influence matrices between runs")
     args = p.parse_args(argv)
     import torch
 

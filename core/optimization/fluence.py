@@ -3,32 +3,41 @@
 Strict priorities (lexicographic optimization)
 ----------------------------------------------
 Priority levels are optimized one after the other, highest first. At level ``k`` the
-objective is the sum of the level-``k`` goal penalties (:mod:`core.optimization.objectives`)
-and every goal of a higher level becomes a constraint, enforced by a quadratic penalty of
-weight ``rho`` (default 100, dimensionless penalties):
+objective is the sum of the level-``k`` goal penalties (:mod:`core.optimization.objectives`,
+each aimed at its value tightened by ``margin_pct``; the sum is scaled to 1 at the
+level's start) and every goal of a higher level becomes a constraint, a penalty of
+weight ``rho`` (default 100):
 
 * a higher goal that was **met** is held at its value tightened by ``margin_pct``;
 * a higher goal that was **not met** is held at the value it achieved (it may not get worse);
 * an "as low as possible" goal is held at what its level achieved plus ``alara_slack_pct``.
 
-After each level the result is **checked**: if any goal of a higher level that was met
-before the level is no longer met, ``rho`` is multiplied by 10 and the level is resumed
-(up to ``max_repairs`` times); if it is still broken, the level's result is **rejected**
-and the previous fluence kept. So by construction a lower-priority goal can never make a
-met higher-priority goal fail -- the result is either an improvement that keeps every
-met higher goal met, or unchanged. A final level then improves the plan without touching
-any goal: conformity (dose fall-off around each target, :mod:`core.optimization.conformity`),
-lower dose to every organ at risk that has a goal, and fluence smoothness for delivery.
-The global maximum dose (default 106 % of the highest prescription) is a constraint at
-every level.
+A level stops when its goals are met with half the margin to spare, when its objective
+stalls, or at ``level_maxiter``. Its result is then **checked** on the exact goal
+definitions: if a higher goal that was met before the level is no longer met (or the
+global maximum is exceeded), the violated constraints' targets are shifted by their
+violation (as multipliers do in an augmented Lagrangian) and ``rho`` is raised, up to
+``max_repairs`` times. If a met higher goal is still broken, the level keeps only the
+part of its change that keeps every met higher goal met: the largest ``t`` (bisection)
+with the goals met at ``x0 + t (x1 - x0)`` -- exact, since dose is linear in the fluence
+and ``t = 0`` is the level's start. So a lower-priority goal can never make a met
+higher-priority goal fail. A final level then improves the plan without touching any goal
+(constraints 10x stiffer): conformity (dose fall-off around each target,
+:mod:`core.optimization.conformity`), lower dose to every organ at risk that has a goal,
+and fluence smoothness for delivery. The global maximum dose (default 106 % of the highest
+prescription) is a constraint at every level.
+
+Warm start: levels whose goals are all met are skipped; the final level gets a quarter of
+its iteration budget (it polishes a plan that was already polished).
 
 Numerics: the dose is ``A w`` with ``A`` the dose-influence matrix (rows restricted to
-the voxels that matter: every goal structure, everything within the conformity distance
-of a target, and every ``far_stride``-th voxel elsewhere for the maximum-dose limit);
-penalty gradients come from torch autograd on the dose vector and are mapped back with
-a pre-transposed ``A^T`` (sparse CSR matvecs on CPU or CUDA); each level is solved by
-L-BFGS-B (SciPy) with the bound ``w >= 0``, so every iterate is a valid fluence.
-Variables are scaled by the cold-start weight so that they are of order 1.
+the voxels that matter: every goal structure, everything within ``near_mm`` of a target,
+and every ``far_stride``-th voxel elsewhere for the maximum-dose limit); penalties are
+evaluated in float64 by torch autograd on the dose vector and mapped back with a
+pre-transposed ``A^T`` (int32-indexed sparse CSR matvecs on CPU or CUDA); each level is
+solved by L-BFGS-B (SciPy) with the bound ``w >= 0``, so every iterate is a valid fluence.
+Variables are scaled by the cold-start weight (uniform fluence giving the highest
+prescription as mean target dose) so that they are of order 1.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ class OptimizerOptions:
     constraint_weight: float = 100.0     # rho: weight of the constraint penalties (x3 per repair)
     max_repairs: int = 4                 # constraint-shift retries before a level's result is rejected
     warmup_maxiter: int = 0              # cold start: weighted pass over all goals before the levels
-    normalize_levels: bool = True        # scale each level's objective to 1 at its start
+    normalize_levels: bool = False       # scale each level's objective to 1 at its start (TG-119: P1 then failed)
     shift_repairs: bool = True           # repairs shift violated constraint targets (multiplier-like)
     repair_rho_factor: float = 3.0       # and multiply rho by this
     final_rho_factor: float = 10.0       # rho of the final (conformity / OAR / smoothness) level, x rho
