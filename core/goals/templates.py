@@ -392,7 +392,14 @@ def goals_for_patient(patient, site: str | ProtocolTemplate, add_rings: bool = T
     if add_rings:
         add_ring_structures(patient, t)
     rx = {p.structure: p.dose_gy for p in patient.prescriptions}
-    goals, warnings = t.goals_for(list(patient.structures), rx)
+    present = [n for n, s in patient.structures.items() if not s.is_empty]
+    for n, s in patient.structures.items():
+        if s.is_empty and t.match_structures([n]):
+            warnings_empty = f"structure '{n}' is empty: its template goals are left out"
+            rx.pop(n, None)
+            if warnings_empty not in patient.warnings:
+                patient.warnings.append(warnings_empty)
+    goals, warnings = t.goals_for(present, rx)
     if not add_rings:
         goals = [g for g in goals if g.structure in patient.structures]
     return goals, warnings

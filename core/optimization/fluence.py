@@ -700,7 +700,8 @@ def prescriptions_for(patient, goals) -> dict:
 
     rx = {}
     for p in patient.prescriptions:
-        if p.structure in patient.structures:
+        s = patient.structures.get(p.structure)
+        if s is not None and not s.is_empty:  # e.g. an OpenKBP case without a PTV63
             rx[p.structure] = max(rx.get(p.structure, 0.0), float(p.dose_gy))
     if rx:
         return rx
