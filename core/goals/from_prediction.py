@@ -7,7 +7,8 @@ what the given dose reaches on that structure, tightened by the goal's tolerance
     lower-bound goals (min dose, min mean):             value = achieved * (1 + t / 100)
 
 so the planner asks for a little more than predicted. P1 goals (musts) and control goals
-keep the planner's value; "as low as possible" goals have no value and are kept as they
+keep the planner's value; so do upper-bound (hot-spot) goals on targets, which are
+protocol values (see :func:`goals_from_prediction`); "as low as possible" goals have no value and are kept as they
 are. The evaluation uses the project's DVH convention (:mod:`core.goals.evaluate`).
 """
 
@@ -82,6 +83,7 @@ def goals_from_prediction(goals, patient, dose) -> tuple[list, list]:
 
     ``dose`` is a :class:`core.patient.Dose` or a float array of ``patient.grid.shape``.
     """
+    goals = list(goals)
     arr = getattr(dose, "dose_gy", dose)
     grid = getattr(dose, "grid", None)
     if grid is not None and not grid.same_as(patient.grid):
@@ -92,4 +94,15 @@ def goals_from_prediction(goals, patient, dose) -> tuple[list, list]:
     if arr.shape != patient.grid.shape:
         raise GeometryError(f"dose {arr.shape} does not match the patient grid {patient.grid.shape}")
     masks = {n: s.mask for n, s in patient.structures.items()}
-    return goals_from_dose(goals, arr, masks, patient.grid.voxel_volume_cc)
+    out, warnings = goals_from_dose(goals, arr, masks, patient.grid.voxel_volume_cc)
+    # A hot-spot limit on a target is a protocol value, not an anatomy-dependent one: a
+    # prediction (or a reference plan) that under-doses the target would otherwise turn
+    # "PTV70 D20 <= 77 Gy" into a limit below the prescription, contradicting P1 coverage
+    # (seen on OpenKBP pt_201: D20 <= 68.8 Gy against D95 >= 70 Gy).
+    from core.patient import StructureRole
+
+    for i, g in enumerate(goals):
+        s = patient.structures.get(g.structure)
+        if s is not None and s.role is StructureRole.TARGET and not g.kind.is_lower_bound:
+            out[i] = g
+    return out, warnings

@@ -27,9 +27,15 @@ def test_reference_dose_gives_its_own_values(case):
     assert warnings == []
     masks = {n: s.mask for n, s in case.structures.items()}
     res = evaluate_goals(goals, dose.dose_gy, masks, case.grid.voxel_volume_cc)
+    targets = {s.name for s in case.targets}
     for g, new, r in zip(goals, out, res):
         if g.priority == 1 or g.kind is GoalKind.ALARA:
             assert new == g  # musts keep the planner's value
+            continue
+        if g.structure in targets and not g.kind.is_lower_bound:
+            # hot-spot limits on targets are protocol values: pt_201's reference plan
+            # reaches only D20 = 68.8 Gy on PTV70, which must not become a limit below 70 Gy
+            assert new == g and g.structure == "PTV70" and r.achieved < 70.0
             continue
         t_ = g.tolerance_pct / 100
         expect = r.achieved * (1 + t_ if g.kind.is_lower_bound else 1 - t_)
