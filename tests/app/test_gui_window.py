@@ -238,7 +238,7 @@ def test_planning_progress_eta_and_cancel_through_the_window(qtbot, workstation,
     ref = ws.session.patient.doses["reference"]
     started = threading.Event()
 
-    def plan_patient(patient, progress=None, cancel=None):
+    def plan_patient(patient, site=None, options=None, progress=None, cancel=None):
         last = None
         for i in range(2000):
             last = Dose(ref.dose_gy * (0.5 + i / 4000), ref.grid, "plan")
@@ -248,7 +248,9 @@ def test_planning_progress_eta_and_cancel_through_the_window(qtbot, workstation,
             time.sleep(0.005)
         return last
 
-    monkeypatch.setitem(sys.modules, "core.pipeline", types.SimpleNamespace(plan_patient=plan_patient))
+    stand_in = types.SimpleNamespace(plan_patient=plan_patient, PlanOptions=lambda **kw: kw,
+                                     guess_site=lambda patient: "hn", model_available=lambda site: False)
+    monkeypatch.setitem(sys.modules, "core.pipeline", stand_in)
     tp = ws.window.task_progress
     ws.actions["plan.run"].trigger()
     assert started.wait(10)
