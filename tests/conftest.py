@@ -35,3 +35,16 @@ def tg119_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo_case() -> Path:
     return _need(DEMO_CASE)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Torch on one thread for the whole suite: on the shared 2-core CI machine two torch
+    threads wait on each other's scheduler slices and run several times slower (measured:
+    TG-119 5 mm dose-influence matrix 9 s on one thread vs. 71 s on two under load 4)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

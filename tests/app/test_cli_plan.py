@@ -11,16 +11,6 @@ from app.cli import main
 from tests.core.test_pipeline import small_patient
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def write_openkbp_like(path, patient) -> None:
     """The synthetic phantom in OpenKBP's compact format (small, not 128^3: the loader
     accepts any consistent shape)."""

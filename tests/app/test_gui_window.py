@@ -75,12 +75,9 @@ def test_demo_patient_loads_and_everything_follows(qtbot, workstation, demo_case
 
 def test_automated_plan_through_the_window(qtbot, workstation, tmp_path):
     """Plan action -> core pipeline on a worker -> a new plan shown, P1 goals evaluated."""
-    import torch
-
     from tests.app.test_cli_plan import write_openkbp_like
     from tests.core.test_pipeline import small_patient
 
-    torch.set_num_threads(1)  # two torch threads stall each other on the shared CI cores
     ws = workstation
     case = tmp_path / "pt_small.npz"
     write_openkbp_like(case, small_patient())

@@ -16,17 +16,6 @@ from core.goals.goal import ClinicalGoal
 from core.patient import CtImage, Patient, Prescription, Structure, StructureRole
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # two torch threads stall each other on the shared 2-core CI machine
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_patient() -> Patient:
     grid = Grid((14, 36, 36), (4.0, 4.0, 4.0), (-26.0, -70.0, -70.0))
     z = grid.axis_coords_mm(0)[:, None, None]

@@ -25,7 +25,6 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(2)
     from core.delivery.segments import deliverable_weights, fluence_on_grid
     from core.delivery.sequencing import SequencingOptions, sequence_plan
     from core.dose.beams import Beam, BeamSet

@@ -26,9 +26,6 @@ RX = {"Target": 50.0}
 
 @pytest.fixture(scope="module")
 def toy():
-    import torch
-
-    torch.set_num_threads(1)
     grid, masks = c_shape(40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -10,7 +10,6 @@ from core.errors import ModelError  # noqa: E402
 from core.prediction.blocks import DenseBlock, DenseSEStage, Down, SEBlock, Up  # noqa: E402
 from core.prediction.unet import CADUNet, UNetConfig  # noqa: E402
 
-torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize("in_ch,growth,layers,size", [(4, 2, 1, (4, 4, 4)), (8, 4, 3, (6, 5, 4)),

@@ -14,7 +14,6 @@ from core.prediction.preprocess import POOL, channel_names  # noqa: E402
 from core.prediction.sites import get_site  # noqa: E402
 from core.prediction.unet import CADUNet, UNetConfig  # noqa: E402
 
-torch.set_num_threads(1)
 SITE = get_site("hn")
 TINY = {"base_channels": 4, "growth": 2, "depth": 2, "layers_per_block": 1}
 

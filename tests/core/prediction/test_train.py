@@ -18,7 +18,6 @@ from core.prediction.unet import CADUNet, UNetConfig  # noqa: E402
 
 from .synth import openkbp_arrays, write_case  # noqa: E402
 
-torch.set_num_threads(1)
 SITE = get_site("hn")
 TINY = {"base_channels": 4, "growth": 2, "depth": 2, "layers_per_block": 1}
 
