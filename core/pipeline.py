@@ -382,6 +382,7 @@ def write_plan_outputs(result: PlanResult, out_dir, keep_dij: bool = False) -> P
     warm starts. The folder appears complete or not at all."""
     from core.io.atomic import atomic_directory
     from core.io.dicom_export import export_rtdose
+    from core.jsonsafe import dumps
     from core.io.dosefile import save_dose_npz
     from core.io.rtplan_export import export_rtplan
     from core.report.html import write_report
@@ -395,7 +396,7 @@ def write_plan_outputs(result: PlanResult, out_dir, keep_dij: bool = False) -> P
         export_rtplan(patient, result.dij.beams, result.segmented_beams, tmp / "RTPLAN.dcm")
         export_rtdose(result.final_dose, patient, tmp / "RTDOSE.dcm",
                       plan_sop_instance_uid=patient.dicom.get("rtplan_sop_instance_uid"))
-        (tmp / "metrics.json").write_text(json.dumps(_json_safe(result.metrics), indent=2))
+        (tmp / "metrics.json").write_text(dumps(result.metrics))
         state = {"weights_mu": result.optimization.weights.astype(np.float32),
                  "deliverable_mu": result.deliverable_mu.astype(np.float32),
                  "beamlet_beam": np.asarray(result.dij.beamlet_beam),
@@ -463,20 +464,6 @@ def load_plan_state(folder, patient=None, device="cpu") -> PlanState:
                             tuple(float(s) for s in a["beamlet_size_mm"]), beams, patient.grid)
     return PlanState(a["weights_mu"], beams, grid, a["beamlet_beam"], a["beamlet_pos_mm"],
                      tuple(float(s) for s in a["beamlet_size_mm"]), goals, dij)
-
-
-def _json_safe(o):
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _json_safe(o.tolist())
-    if isinstance(o, np.generic):
-        return _json_safe(o.item())
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    return o
 
 
 __all__ = ["PlanOptions", "PlanResult", "PlanState", "plan_patient", "plan_goals", "write_plan_outputs",

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sys
-
-import numpy as np
 
 
 def add_json(p) -> None:
@@ -21,30 +18,12 @@ def add_phantom_file(p) -> None:
                    help="the TG-119 phantom npz for PATIENT=phantom:tg119")
 
 
-def _default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
 def emit_json(obj) -> None:
     """Write one JSON document to stdout (NaN written as null, as strict JSON needs)."""
-    sys.stdout.write(json.dumps(_sanitize(obj), default=_default, indent=2) + "\n")
+    from core.jsonsafe import dumps
+
+    sys.stdout.write(dumps(obj) + "\n")
     sys.stdout.flush()
-
-
-def _sanitize(o):
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _sanitize(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_sanitize(v) for v in o]
-    if isinstance(o, np.floating):
-        return _sanitize(float(o))
-    return o
 
 
 def progress_for(args):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import math
 from pathlib import Path
 
@@ -189,15 +188,9 @@ always means B is better; mean with Student-t 95 % CI.</p>"""]
 
 
 def _dumps(doc) -> str:
-    def clean(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return o
-    return json.dumps(clean(doc), indent=2) + "\n"
+    from core.jsonsafe import dumps
+
+    return dumps(doc) + "\n"
 
 
 def write_outputs(out_dir: str | Path, comparison, name_a: str = "A", name_b: str = "B") -> dict:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.errors import Cancelled, InputError, OptimizationError
-from core.goals.evaluate import GoalResult, evaluate_goals, is_met
+from core.goals.evaluate import evaluate_goals, is_met
 from core.goals.goal import ClinicalGoal, GoalKind
 from core.optimization._blas import single_thread_blas
 from core.optimization.conformity import FalloffSpec, falloff_limits

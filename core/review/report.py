@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import math
 from pathlib import Path
 
 from core.io.atomic import atomic_write_text
+from core.jsonsafe import dumps
 
 # Light grey (nobody) to dark green (everyone).
 _RAMP = ["#d9d9d9", "#c7e9c0", "#a1d99b", "#74c476", "#41ab5d", "#238b45", "#006d2c", "#00441b"]
@@ -158,20 +158,10 @@ def write_results(out_dir: str | Path, results: dict, ratings_rows: list, arm_na
 
     doc = dict(results)
     doc["arm_names"] = arm_names
-    put("results.json", json.dumps(_json_safe(doc), indent=2) + "\n")
+    put("results.json", dumps(doc) + "\n")
     put("ratings.csv", _csv(ratings_rows))
     put("cases.csv", _csv(results["cases"]))
     put("preference_groups.csv", _csv([{"patient_id": c["case_id"], "site": c["site"],
                                         "preference": c["preference_group"]} for c in results["cases"]]))
     put("results.html", results_html(results, arm_names))
     return paths
-
-
-def _json_safe(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    return o
