@@ -23,6 +23,12 @@ from core.progress import Progress, check_cancel, report
 DEFAULT_BEAMS = {"hn": "imrt9", "tg119": "imrt9", "prostate": "imrt7", "lung": "imrt7", "breast": "imrt7",
                  "cervix": "imrt7", "rectum": "imrt7"}
 
+#: Optimizer settings a site needs instead of the defaults. TG-119's own goal list allows
+#: the target D10 up to 55 Gy (110 % of 50 Gy, Ezzell et al. 2009), so the published
+#: 106 % global limit would contradict the test it defines; measured with 106 %: core D10
+#: 47.6 Gy (goal 25 Gy, not met); with 110 %: every goal met, core D10 20.4 Gy.
+SITE_OPTIMIZER_OPTIONS = {"tg119": {"max_dose_pct": 110.0}}
+
 #: Sites for which a prediction model ships (``resources/models/<site>``).
 PREDICTION_SITES = ("hn",)
 
@@ -306,7 +312,12 @@ def plan_patient(patient, site: str | None = None, *, goals=None, options: PlanO
 
     # -- optimize --------------------------------------------------------------------------
     t = time.perf_counter()
-    opt = optimize_plan(patient, goals, dij, options=opts.optimizer, warm_start=warm_start, device=device,
+    opt_opts = opts.optimizer
+    if opt_opts is None and site in SITE_OPTIMIZER_OPTIONS:
+        from core.optimization.fluence import OptimizerOptions
+
+        opt_opts = OptimizerOptions(**SITE_OPTIMIZER_OPTIONS[site])
+    opt = optimize_plan(patient, goals, dij, options=opt_opts, warm_start=warm_start, device=device,
                         progress=progress.stage(0.45, 0.9, "optimize") if progress else None, cancel=cancel)
     timings["optimize"] = time.perf_counter() - t
     warnings += list(opt.warnings)
