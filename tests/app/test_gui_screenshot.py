@@ -1,10 +1,12 @@
 """`openatp gui PATIENT --screenshot FILE`: a real rendered window, not a blank one."""
 
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO
 
@@ -49,15 +51,11 @@ def test_screenshot_bad_patient_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.skipif(shutil.which("xvfb-run") is None,
+                    reason="xvfb-run not installed (.ci/run installs it; see docs/gui-testing.md)")
 def test_real_window_with_3d_view_under_xvfb(tmp_path, demo_case, qapp):
     """On a real X server (Xvfb, docs/gui-testing.md) the 3D view renders through VTK and
-    the screenshot captures it; skipped where Xvfb is not installed."""
-    import shutil
-
-    import pytest
-
-    if shutil.which("xvfb-run") is None:
-        pytest.skip("xvfb-run not installed (apt-get install xvfb ...; see docs/gui-testing.md)")
+    the screenshot captures it; skipped only where Xvfb could not be installed."""
     out = tmp_path / "shot3d.png"
     env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
     env["OPENATP_SETTINGS_DIR"] = str(tmp_path)
