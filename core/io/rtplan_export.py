@@ -20,7 +20,6 @@ later references the same study. The plan's SOP instance UID is recorded as
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 from pathlib import Path
 
@@ -94,9 +93,10 @@ def export_rtplan(patient, beams, segmented_beams, path, *, fractions: int | Non
     -------
     Path of the written file.
     """
-    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+    from core.io.dicom_export import _base_dataset
 
     beams = list(beams)
     sbs = [sb for sb in segmented_beams if sb.n_segments > 0]
@@ -122,36 +122,12 @@ def export_rtplan(patient, beams, segmented_beams, path, *, fractions: int | Non
         d["study_instance_uid"] = _uid()
     sop = _uid()
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_PLAN_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    now = _dt.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = RT_PLAN_STORAGE
-    ds.SOPInstanceUID = sop
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.Modality = "RTPLAN"
-    ds.Manufacturer = "OpenATP"
+    # the header every OpenATP export shares (patient, study, frame of reference, dates)
+    ds = _base_dataset(patient, RT_PLAN_STORAGE, sop, "RTPLAN", _uid())
+    date, time = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.ManufacturerModelName = "OpenATP"
     ds.SoftwareVersions = "OpenATP"
-    ds.PatientName = d.get("patient_name") or patient.patient_id
-    ds.PatientID = d.get("patient_id") or patient.patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.ReferringPhysicianName = ""
-    ds.AccessionNumber = ""
-    ds.StudyID = "1"
-    ds.StudyInstanceUID = d["study_instance_uid"]
-    ds.SeriesInstanceUID = _uid()
-    ds.SeriesNumber = 1
     ds.SeriesDescription = "OpenATP plan"
-    ds.FrameOfReferenceUID = d["frame_of_reference_uid"]
-    ds.PositionReferenceIndicator = ""
     ds.OperatorsName = ""
 
     # RT General Plan
