@@ -180,6 +180,12 @@ class Workstation(QObject):
         message, details = error_text(exc)
         if self.headless:
             return  # run_gui re-raises the first error: the CLI prints it once and exits 2
+        if not isinstance(exc, OpenATPError) and not hasattr(exc, "crash_report"):
+            from app.crash import write_crash_report  # a defect caught by a worker: keep a report too
+
+            exc.crash_report = write_crash_report(type(exc), exc, exc.__traceback__, thread_name="worker")
+            if exc.crash_report is not None:
+                message += f"\n\nA crash report was saved to:\n{exc.crash_report}"
         box = QMessageBox(QMessageBox.Icon.Warning if isinstance(exc, OpenATPError) else QMessageBox.Icon.Critical,
                           title, message, QMessageBox.StandardButton.Ok, self.window)
         if details:
@@ -191,6 +197,15 @@ def run_gui(patient: str | None = None, screenshot: str | None = None, phantom_f
             theme: str | None = None, size=(1600, 1000), panel: str | None = None, device: str = "auto") -> int:
     """Open the workstation (``openatp gui``); see the module docstring."""
     t0 = time.perf_counter()
+    from app.crash import display_problem
+    from core.logs import setup_logging
+
+    setup_logging("gui")
+    problem = None if QApplication.instance() is not None else display_problem()
+    if problem:
+        if screenshot is None:
+            raise OpenATPError(problem)  # Qt would abort the process with a C++ message instead
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen
     app = ensure_qapp()
     headless = screenshot is not None
     ws = Workstation(headless=headless, theme=theme)
@@ -202,14 +217,17 @@ def run_gui(patient: str | None = None, screenshot: str | None = None, phantom_f
         restored = win.restore_layout(ws.settings)
         if not restored:
             win.resize(*size)
-    previous_hook = sys.excepthook
+    from app.crash import CrashHandler, show_crash_dialog
 
-    def excepthook(etype, value, tb):
-        # Exceptions escaping a slot land here: show them, keep the application alive.
-        value.__traceback_text__ = "".join(traceback.format_exception(etype, value, tb))
-        ws.show_error(value, "Unexpected error")
+    def on_crash(value, report, details):
+        # Exceptions escaping a slot or a thread: a crash report in the user data folder and a
+        # dialog naming it; the application stays alive.
+        if headless:
+            ws.show_error(value, "Unexpected error")
+        else:
+            show_crash_dialog(win, value, report, details)
 
-    sys.excepthook = excepthook
+    crash = CrashHandler(on_crash, parent=win).install()
     win.show()
     # Qt makes the last tabified dock current when the window first shows; pick the front
     # tab after show (the 3D view, hidden behind the DVH, then never starts VTK).
@@ -251,7 +269,7 @@ def run_gui(patient: str | None = None, screenshot: str | None = None, phantom_f
     # Probe CPU/GPU for the status bar once the first frame is up (torch import is slow).
     QTimer.singleShot(200, lambda: ws.probe_device(device))
     app.exec()
-    sys.excepthook = previous_hook
+    crash.uninstall()
     ws.runner.shutdown()
     if headless and ws.errors:
         err = ws.errors[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from core import __version__
@@ -26,9 +27,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"openatp: {message} (see '{self.prog} --help')\n")
 
 
+class _VersionAction(argparse.Action):
+    """``openatp --version``: first line ``openatp X.Y.Z`` (what scripts read), then the bundled
+    libraries and models. Computed only when asked (package metadata, no torch/Qt import)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from core.logs import model_cards, versions_line
+
+        lines = [f"openatp {__version__}", versions_line()]
+        lines += [f"model {c.site}: {c.title}" for c in model_cards()]
+        print("\n".join(lines))  # stdout, as argparse's own version action does
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="openatp", description="OpenATP radiotherapy treatment planning")
-    parser.add_argument("--version", action="version", version=f"openatp {__version__}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0,
+                        help="show the OpenATP version, the bundled libraries and models, and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     for name in COMMANDS:
         try:
@@ -54,6 +69,11 @@ def _limit_threads_on_small_machines() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _limit_threads_on_small_machines()
+    if argv is None:
+        # The real program (not a test calling main([...])): log file in the user data folder.
+        from core.logs import setup_logging
+
+        setup_logging("cli " + " ".join(sys.argv[1:2]))
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     if not argv:
@@ -71,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         print("openatp: interrupted", file=sys.stderr)
         return 130
     except OpenATPError as exc:
+        logging.getLogger("openatp.cli").info("%s: %s", args.command, exc)
         print(f"openatp: {exc}".replace("\n", " "), file=sys.stderr)
         return 2
+    except Exception:
+        logging.getLogger("openatp.cli").exception("%s failed with a defect", args.command)
+        raise
 
 
 if __name__ == "__main__":

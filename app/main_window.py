@@ -191,10 +191,27 @@ class MainWindow(QMainWindow):
             self.save_png(path)
             self.statusBar().showMessage(f"saved {path}", 4000)
 
-    def show_about(self) -> None:
-        QMessageBox.about(self, "About OpenATP",
-                          f"<b>OpenATP {__version__}</b><p>Automated radiotherapy treatment planning.</p>"
-                          "<p>Demo data: OpenKBP (Babier et al., Med. Phys. 48:5549, 2021).</p>")
+    def show_about(self) -> QMessageBox:
+        """Version, bundled libraries and model cards (full cards under "Show Details")."""
+        from html import escape
+
+        from core.logs import library_versions, model_cards
+        from core.paths import install_dir, user_data_dir
+
+        rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in library_versions().items())
+        cards = model_cards()
+        models = "".join(f"<li>{escape(c.site)}: {escape(c.title)}</li>" for c in cards) or "<li>none installed</li>"
+        box = QMessageBox(QMessageBox.Icon.Information, "About OpenATP",
+                          f"<b>OpenATP {__version__}</b><p>Automated radiotherapy treatment planning. "
+                          "Not for clinical use.</p><table>" + rows + "</table><p>Prediction models:</p><ul>"
+                          + models + f"</ul><p>Installation: {escape(str(install_dir()))}<br>"
+                          f"User data: {escape(str(user_data_dir()))}</p>"
+                          "<p>Demo data: OpenKBP (Babier et al., Med. Phys. 48:5549, 2021).</p>",
+                          QMessageBox.StandardButton.Ok, self)
+        box.setObjectName("aboutBox")
+        box.setDetailedText("\n\n".join(c.text for c in cards))
+        box.open()  # non-blocking, like the other dialogs
+        return box
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.closing.emit()

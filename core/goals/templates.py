@@ -25,14 +25,14 @@ name, plus each structure's explicit synonyms.
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InputError
 from core.goals.goal import ClinicalGoal, GoalKind
+from core.paths import resource_dir
+from core.paths import user_data_dir as paths_user_data_dir
 
 FORMAT = "openatp-protocol"
 _ROLES = ("TARGET", "OAR", "HELPER", "EXTERNAL")
@@ -45,21 +45,13 @@ _FILLER = {"gy", "cgy", "the", "and", "opt"}
 
 def builtin_protocol_dir() -> Path:
     """``resources/protocols`` of the installed package."""
-    return Path(__file__).resolve().parents[2] / "resources" / "protocols"
+    return resource_dir() / "protocols"
 
 
 def user_data_dir() -> Path:
-    """The per-user OpenATP folder: ``$OPENATP_USER_DIR``, else the platform's data folder
-    (``~/.local/share/openatp`` on Linux, ``%APPDATA%/OpenATP`` on Windows,
-    ``~/Library/Application Support/OpenATP`` on macOS)."""
-    env = os.environ.get("OPENATP_USER_DIR")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform.startswith("win"):
-        return Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming")) / "OpenATP"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "OpenATP"
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "openatp"
+    """The per-user OpenATP folder (:func:`core.paths.user_data_dir`: ``$OPENATP_USER_DIR``, else
+    the platform's data folder, never inside the installation)."""
+    return paths_user_data_dir()
 
 
 def user_protocol_dir() -> Path:
@@ -403,3 +395,129 @@ def goals_for_patient(patient, site: str | ProtocolTemplate, add_rings: bool = T
     if not add_rings:
         goals = [g for g in goals if g.structure in patient.structures]
     return goals, warnings
+
+
+def template_from_goals(goals, site: str, title: str, *, roles: dict | None = None,
+                        base: ProtocolTemplate | None = None, prescriptions=None,
+                        version: str = "1.0") -> tuple[dict, list]:
+    """A protocol-template document (this module's format) holding ``goals``.
+
+    This is how a planner's edited goal list becomes an institution template.
+
+    Parameters
+    ----------
+    goals : sequence of ClinicalGoal
+        Structure names as in the patient the goals were edited for.
+    site : str
+        The new template's site key (lower-case letters, digits, ``_``). A user template
+        with the key of a built-in one replaces it (see the module docstring).
+    title : str
+    roles : dict, optional
+        Patient structure name -> role (``TARGET``, ``OAR``, ``HELPER``, ``EXTERNAL``) for
+        structures ``base`` does not know; default ``OAR``.
+    base : ProtocolTemplate, optional
+        The template the goals came from: its structure names and synonyms, citations,
+        aliases (same site only) and ring rules are kept, and patient names are written
+        as the template's names, so the new template matches other patients the same way.
+        A ring's near-max goal updates the ring's ``max_dose_pct`` and priority; a ring
+        without a goal in ``goals`` is dropped.
+    prescriptions : iterable of core.patient.Prescription or dict, optional
+        Default prescriptions; ``base``'s when not given.
+
+    Returns
+    -------
+    doc : dict
+        Validated (``ProtocolTemplate.from_dict`` accepts it).
+    warnings : list of str
+        Goals that could not be kept, in a planner's words.
+    """
+    goals = list(goals)
+    if not goals:
+        raise InputError("the goal list is empty: nothing to save as a template")
+    site = str(site).strip().lower()
+    if not re.fullmatch(r"[a-z0-9_]+", site):
+        raise InputError(f"a template's site key uses lower-case letters, digits or _ only, got {site!r}")
+    title = str(title).strip() or site
+    roles = {k: str(v).upper() for k, v in (roles or {}).items()}
+    warnings: list = []
+    rings = {r.name: r for r in (base.rings if base else ())}
+    names = sorted({g.structure for g in goals if g.structure not in rings})
+    to_template = {}
+    if base is not None:
+        to_template = {pname: tname for tname, pname in base.match_structures(names).items()}
+    structures: dict = {}
+    if base is not None:
+        for s in base.structures.values():
+            structures[s.name] = {"role": s.role, "synonyms": list(s.synonyms)}
+    for n in names:
+        tname = to_template.get(n, n)
+        if tname not in structures:
+            role = roles.get(n, "OAR")
+            structures[tname] = {"role": role if role in _ROLES else "OAR", "synonyms": []}
+    rx_list = []
+    if prescriptions is None:
+        rx_list = [dict(p) for p in (base.prescriptions if base else ())]
+    else:
+        for p in prescriptions:
+            d = p if isinstance(p, dict) else {"structure": p.structure, "dose_gy": p.dose_gy,
+                                                "fractions": p.fractions}
+            tname = to_template.get(d["structure"], d["structure"])
+            if tname not in structures:
+                continue  # a prescription on a structure no goal names: not part of this template
+            rx_list.append({"structure": tname, "dose_gy": float(d["dose_gy"]), "fractions": int(d["fractions"])})
+    rx_by_name = {p["structure"]: p["dose_gy"] for p in rx_list}
+    cites = {}
+    if base is not None:
+        for g, c in zip(base.goals, base.cites):
+            if c:
+                cites[(g.structure, g.kind, g.metric)] = c
+    out_goals, out_rings = [], []
+    for g in goals:
+        ring = rings.get(g.structure)
+        if ring is not None:
+            rx = rx_by_name.get(ring.target)
+            if g.kind is GoalKind.MAX_DOSE_AT_VOLUME and g.volume_cc is not None and rx:
+                d = {"name": ring.name, "target": ring.target, "inner_mm": ring.inner_mm, "outer_mm": ring.outer_mm,
+                     "priority": g.priority, "max_dose_pct": round(100.0 * g.dose_gy / rx, 4)}
+                if ring.cite:
+                    d["cite"] = ring.cite
+                out_rings.append(d)
+            else:
+                warnings.append(f"'{g.label}': a ring's goal is saved as its rule (near-max dose in % of "
+                                f"{ring.target}'s prescription); this goal is left out")
+            continue
+        d = g.to_dict()
+        d["structure"] = to_template.get(g.structure, g.structure)
+        d.pop("control", None)  # templates hold protocol goals; control goals are per plan
+        c = cites.get((d["structure"], g.kind, g.metric))
+        if c:
+            d["cite"] = c
+        out_goals.append(d)
+    if not out_goals:
+        raise InputError("a template needs at least one goal on a structure (not only ring goals)")
+    doc = {"format": FORMAT, "version": str(version), "site": site, "title": title,
+           "aliases": list(base.aliases) if base is not None and base.site == site else [],
+           "description": "Saved from an edited goal list" + (f", based on '{base.site}' {base.version}"
+                                                               if base is not None else ""),
+           "prescriptions": rx_list, "structures": structures, "goals": out_goals, "rings": out_rings,
+           "citations": dict(base.citations) if base is not None else {}}
+    ProtocolTemplate.from_dict(doc, f"template '{site}'")  # refuse to write what could not be read back
+    return doc, warnings
+
+
+def save_user_template(doc: dict, folder: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write a template document (:func:`template_from_goals`) into the user's protocol folder.
+
+    The file is ``<folder>/<site>.json`` (default folder :func:`user_protocol_dir`),
+    written atomically. An existing file is replaced only with ``overwrite``.
+    """
+    from core.io.atomic import atomic_write_text
+
+    t = ProtocolTemplate.from_dict(doc, "template")
+    folder = Path(folder) if folder is not None else user_protocol_dir()
+    path = folder / f"{t.site}.json"
+    if path.exists() and not overwrite:
+        raise InputError(f"an institution template for site '{t.site}' already exists; choose another "
+                         "site key or confirm replacing it", path)
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    return path
