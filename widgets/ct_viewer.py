@@ -11,6 +11,12 @@ Mouse: left button sets the crosshair (drag to follow), right-drag changes windo
 right) and level (up / down), middle-drag or Shift+left pans, the wheel scrolls slices,
 Ctrl+wheel zooms about the pointer, double-click resets zoom. Keys: Up/Down or
 PageUp/PageDown scroll slices, Home resets the view.
+
+Contouring: with a :class:`widgets.contour_editor.ContourEditor` attached
+(:meth:`CtViewer.set_editor`) and one of its tools active, the left button (and
+double-click, Enter, Escape, Backspace) goes to the tool instead; Ctrl+left erases with
+the brush and subtracts with the polygon and freehand tools. Right-drag window/level,
+middle-drag or Shift+left pan and the wheel keep working while a tool is active.
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ class SliceView(QWidget):
         self._frame = None
         self._frame_key_cached = None
         self._profiles: dict = {}
+        self.editor = None  # a ContourEditor; its active tool gets the left button
+        self._tool_drag = False
         self._setup_ui()
         model.volumeChanged.connect(self._on_volume_changed)
         model.cursorChanged.connect(self._on_cursor_changed)
@@ -220,11 +228,21 @@ class SliceView(QWidget):
         return prof
 
     def _outline(self, s: int, layer) -> list:
-        if not self._slice_profile(("mask", id(layer.mask)), layer.mask, np.any)[s]:
+        if not self._slice_profile(("mask", layer.name, id(layer.mask)), layer.mask, np.any)[s]:
             return []
         key = (s, layer.name, id(layer.mask))
         return self._outlines.get_or(
             key, lambda: _segments_to_lines(marching_squares(self.mapping.extract(layer.mask, s), 0.5)))
+
+    def invalidate_structure(self, name: str) -> None:
+        """Forget the cached outlines of ``name``: its mask was edited in place (the cache
+        keys on the array's identity, which an in-place edit keeps)."""
+        for key in [k for k in self._outlines if k[1] == name]:
+            del self._outlines[key]
+        for key in [k for k in self._profiles if k[0] == "mask" and k[1] == name]:
+            del self._profiles[key]
+        self._frame = None
+        self.update()
 
     def _isodose_lines(self, s: int) -> list:
         model = self.model
@@ -291,6 +309,8 @@ class SliceView(QWidget):
             p.drawImage(0, 0, self._frame)
             p.setTransform(self.image_transform())
             self._paint_crosshair(p)
+            if self.editor is not None and self.editor.tool is not None:
+                self.editor.paint_overlay(p, self.view, self._slice)
         finally:
             p.end()
         self.render_count += 1
@@ -410,6 +430,22 @@ class SliceView(QWidget):
         self.zoom, self.pan = 1.0, QPointF(0.0, 0.0)
         self.update()
 
+    # -- contouring -------------------------------------------------------------------
+    def widget_to_plane(self, pos: QPointF) -> tuple[float, float]:
+        """Widget position -> (row, col) on this view's screen plane, pixel centres at
+        integers (the coordinates :class:`ContourEditor` paints in)."""
+        inv, _ = self.image_transform().inverted()
+        p = inv.map(QPointF(pos))
+        return p.y() - 0.5, p.x() - 0.5
+
+    def _tool_active(self) -> bool:
+        return self.editor is not None and self.editor.tool is not None
+
+    def _plane_px_per_widget_px(self) -> float:
+        t = self.image_transform()
+        return 1.0 / max(min(abs(t.m11()), abs(t.m22())), 1e-9)
+
+    # -- mouse and keys -------------------------------------------------------------------
     def mousePressEvent(self, event) -> None:  # noqa: N802
         if self.mapping is None:
             return
@@ -420,6 +456,11 @@ class SliceView(QWidget):
             self._drag = ("pan", pos, self.model.window, self.model.level, QPointF(self.pan))
         elif b == Qt.MouseButton.RightButton:
             self._drag = ("wl", pos, self.model.window, self.model.level, None)
+        elif b == Qt.MouseButton.LeftButton and self._tool_active():
+            self._tool_drag = True
+            self.setFocus(Qt.FocusReason.MouseFocusReason)  # Enter / Escape reach the tool
+            self.editor.press(self.view, self._slice, self.widget_to_plane(pos),
+                              erase=bool(mods & Qt.KeyboardModifier.ControlModifier))
         elif b == Qt.MouseButton.LeftButton:
             self._drag = ("cross", pos, 0, 0, None)
             self.model.set_cursor(self.widget_to_index(pos))
@@ -440,18 +481,35 @@ class SliceView(QWidget):
                 self.model.set_window_level(w0 + 4.0 * d.x(), l0 - 4.0 * d.y())
             elif mode == "cross":
                 self.model.set_cursor(self.widget_to_index(pos))
+        elif self._tool_active():
+            self.editor.move(self.view, self._slice, self.widget_to_plane(pos))
         self.hovered.emit(self.model.sample(self.widget_to_index(pos)))
 
     def mouseReleaseEvent(self, event) -> None:  # noqa: N802
+        if self._tool_drag and event.button() == Qt.MouseButton.LeftButton:
+            self._tool_drag = False
+            if self._tool_active():
+                self.editor.release(self.view, self._slice, self.widget_to_plane(event.position()))
         self._drag = None
 
     def mouseDoubleClickEvent(self, event) -> None:  # noqa: N802
+        if self._tool_active() and event.button() == Qt.MouseButton.LeftButton:
+            self.editor.double_click(self.view, self._slice, self.widget_to_plane(event.position()),
+                                     self._plane_px_per_widget_px())
+            return
         self.reset_view()
+
+    def leaveEvent(self, event) -> None:  # noqa: N802
+        if self.editor is not None:
+            self.editor.leave()
+        super().leaveEvent(event)
 
     def keyPressEvent(self, event) -> None:  # noqa: N802
         if self.mapping is None:
             return super().keyPressEvent(event)
         k = event.key()
+        if self._tool_active() and self.editor.key(k):
+            return
         if k in (Qt.Key.Key_Up, Qt.Key.Key_PageUp):
             self.model.step_slice(self.view, 1 if k == Qt.Key.Key_Up else 10)
         elif k in (Qt.Key.Key_Down, Qt.Key.Key_PageDown):
@@ -495,6 +553,7 @@ class CtViewer(QWidget):
         super().__init__(parent)
         self.model = model or ViewerModel(self)
         self.views: dict[str, SliceView] = {}
+        self.editor = None  # see set_editor
         self._setup_ui()
         self.model.windowLevelChanged.connect(self._on_window_level_changed)
         self.model.doseChanged.connect(self._on_dose_settings_changed)
@@ -566,6 +625,38 @@ class CtViewer(QWidget):
             v.sliceChanged.connect(self.sliceChanged)
             v.hovered.connect(self._on_hovered)
         self._sync_preset_box()
+
+    # -- contouring -----------------------------------------------------------------------
+    def set_editor(self, editor) -> None:
+        """Route the left button of every view to ``editor``'s active tool (a
+        :class:`widgets.contour_editor.ContourEditor` on this viewer's model)."""
+        if editor is not None and editor.model is not self.model:
+            raise ValueError("the contour editor must work on this viewer's model")
+        self.editor = editor
+        for v in self.views.values():
+            v.editor = editor
+        if editor is None:
+            return
+        editor.mask_changed.connect(self._on_mask_edited)
+        editor.structure_edited.connect(self._on_mask_edited)
+        editor.overlay_changed.connect(self._on_overlay_changed)
+        editor.tool_changed.connect(self._on_tool_changed)
+        self._on_tool_changed(editor.tool or "")
+
+    def _on_mask_edited(self, name: str) -> None:
+        for v in self.views.values():
+            v.invalidate_structure(name)
+
+    def _on_overlay_changed(self) -> None:
+        for v in self.views.values():
+            v.update()
+
+    def _on_tool_changed(self, name: str) -> None:
+        for v in self.views.values():
+            if name:
+                v.setCursor(Qt.CursorShape.CrossCursor)
+            else:
+                v.unsetCursor()
 
     # -- slots --------------------------------------------------------------------------
     def _on_preset_chosen(self, _index: int) -> None:
