@@ -14,7 +14,7 @@ from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 
 from widgets.icons import icon
 
-MENUS = ("&File", "&View", "&Plan", "&Help")
+MENUS = ("&File", "&View", "&Plan", "&Contour", "&Help")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,29 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "idle_patient", tip="Predict, set goals, optimise and compute the final dose", separator_before=True),
     ActionSpec("plan.cancel", "&Cancel task", "&Plan", "planning.cancel", "cancel", "Ctrl+.", True, "busy",
                tip="Stop the running task; the last good result is kept"),
+
+    ActionSpec("contour.toolbar", "Show/hide contouring &tools", "&Contour", "contouring.toggle_toolbar", None, None,
+               False, "always", tip="The contouring toolbar: brush, polygon, freehand, eraser, structure, undo"),
+    ActionSpec("contour.tool_navigate", "&Navigate (no drawing)", "&Contour", "contouring.use_navigate", None, None,
+               False, "patient", "contour_tool", "Left button moves the crosshair again", separator_before=True),
+    ActionSpec("contour.tool_brush", "&Brush", "&Contour", "contouring.use_brush", None, None, False, "patient",
+               "contour_tool", "Paint with a disc of the brush size in mm (Ctrl+drag erases)"),
+    ActionSpec("contour.tool_eraser", "&Eraser", "&Contour", "contouring.use_eraser", None, None, False, "patient",
+               "contour_tool", "Erase with a disc of the brush size in mm"),
+    ActionSpec("contour.tool_polygon", "&Polygon", "&Contour", "contouring.use_polygon", None, None, False,
+               "patient", "contour_tool", "Click corners; double-click or Enter closes and fills"),
+    ActionSpec("contour.tool_freehand", "&Freehand", "&Contour", "contouring.use_freehand", None, None, False,
+               "patient", "contour_tool", "Drag around a region; releasing fills it"),
+    ActionSpec("contour.new", "New &structure…", "&Contour", "contouring.new_structure", None, "Ctrl+Shift+N",
+               enabled_when="patient", tip="A new structure to draw (name, colour, role: helper by default)",
+               separator_before=True),
+    ActionSpec("contour.undo", "&Undo contour edit", "&Contour", "contouring.undo", None, "Ctrl+Z",
+               enabled_when="patient", tip="Undo the last edit of the structure being drawn"),
+    ActionSpec("contour.redo", "&Redo contour edit", "&Contour", "contouring.redo", None, "Ctrl+Shift+Z",
+               enabled_when="patient", tip="Redo the last undone edit of the structure being drawn"),
+    ActionSpec("contour.interpolate", "&Interpolate slices", "&Contour", "contouring.interpolate", None,
+               "Ctrl+Shift+L", enabled_when="patient",
+               tip="Fill the empty slices between drawn slices (along the view last drawn in)"),
 
     ActionSpec("help.about", "&About OpenATP", "&Help", "window.show_about", "about"),
 )

@@ -99,6 +99,9 @@ class Workstation(QObject):
         self.patients = PatientController(self)
         self.display = DisplayController(self)
         self.planning = PlanningController(self)
+        from app.controllers.contouring import ContouringController
+
+        self.contouring = ContouringController(self)  # Contour menu, contouring toolbar
         self.actions = action_table.build_actions(self, self.window)
         self.window.install_actions(self.actions)
         self.actions[f"view.theme_{self.theme}"].setChecked(True)

@@ -117,6 +117,9 @@ class MainWindow(QMainWindow):
             panels.addAction(a)
         panels.addAction(self.toolbar.toggleViewAction())
         panels.addAction(self.plan_toolbar.toggleViewAction())
+        for tb in self.findChildren(QToolBar):  # toolbars the controllers added (contouring)
+            if tb not in (self.toolbar, self.plan_toolbar):
+                panels.addAction(tb.toggleViewAction())
 
     # -- plans -------------------------------------------------------------------------------
     def set_plans(self, plans: list, active: str | None) -> None:

@@ -351,6 +351,9 @@ class ContourEditor(QObject):
         self._known: dict[str, np.ndarray] = {}  # the mask each stack was recorded on
         self._last_view: dict[str, str] = {}
         self._stroke = None
+        # Names taken besides the shown structures (the owner may hold structures the views
+        # do not show, e.g. empty ones): a callable returning an iterable of names.
+        self.known_names = lambda: ()
         model.volumeChanged.connect(self._on_volume_changed)
         model.structuresChanged.connect(self._on_structures_changed)
 
@@ -423,7 +426,8 @@ class ContourEditor(QObject):
         clean = (name or "").strip()
         if not clean:
             raise InputError("a new structure needs a name")
-        clash = next((n for n in self.model.structures if n.strip().lower() == clean.lower()), None)
+        taken = list(self.model.structures) + [str(n) for n in self.known_names()]
+        clash = next((n for n in taken if n.strip().lower() == clean.lower()), None)
         if clash is not None:
             raise InputError(f"a structure named '{clash}' already exists: choose another name "
                              "(nothing was changed)")
@@ -579,7 +583,7 @@ class ContourEditor(QObject):
                 return False
         sub_new, sub_old = new[box], old[box]
         cropped = 0
-        if self.body_mask is not None:
+        if self.body_mask is not None and layer.role != "EXTERNAL":  # the body itself may grow
             outside = sub_new & ~sub_old & ~self.body_mask[box]
             cropped = int(np.count_nonzero(outside))
             if cropped:
@@ -607,8 +611,7 @@ class ContourEditor(QObject):
             self.message.emit(f"{cropped} voxels ({cropped * vox_cc:.2f} cc) of '{name}' lay outside "
                               "the body and were removed")
         if not new.any():
-            self.message.emit(f"'{name}' is empty now: it is kept, but an empty structure cannot "
-                              "take goals or be optimised")
+            self.message.emit(f"'{name}' is empty now: an empty structure takes no goals")
         return True
 
     # -- undo / redo ---------------------------------------------------------------------
@@ -647,10 +650,11 @@ class ContourEditor(QObject):
         layer.mask = new
         self._known[name] = new
         dst.setdefault(name, []).append(e)
+        # the notice first: what the owner says about the result (e.g. now empty) comes last
+        self.message.emit(f"{word}: {e.label} of '{name}'")
         self.mask_changed.emit(name)
         self.structure_edited.emit(name)
         self.undo_changed.emit()
-        self.message.emit(f"{word}: {e.label} of '{name}'")
         return True
 
     # -- interpolation -------------------------------------------------------------------
