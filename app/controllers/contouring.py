@@ -47,6 +47,7 @@ class ContouringController(QObject):
         self.editor.message.connect(workstation.notify)
         self.editor.tool_changed.connect(self._sync_tool_actions)
         workstation.session.changed.connect(self._on_session_changed)
+        win.closing.connect(self._dvh_timer.stop)  # no DVH task may start after the runner shut down
 
     def _patient_names(self):
         p = self.ws.session.patient
