@@ -161,7 +161,7 @@ class ContourToolbar(QToolBar):
             a.setCheckable(True)
             a.setToolTip(f"{text}: {tip}")
             a.setStatusTip(tip)
-            a.triggered.connect(lambda _c=False, t=tool: self._choose_tool(t))
+            a.triggered.connect(lambda _c=False, t=tool: self.choose_tool(t))
             group.addAction(a)
             self.addAction(a)
             self.tool_actions[tool] = a
@@ -206,7 +206,8 @@ class ContourToolbar(QToolBar):
             self.addAction(a)
 
     # -- slots ----------------------------------------------------------------------------
-    def _choose_tool(self, tool: str) -> None:
+    def choose_tool(self, tool: str) -> None:
+        """Activate ``tool`` (``""``: navigation); drawing targets the picked structure."""
         if tool and self.editor.active_structure is None and self.editor.model.structures:
             # drawing needs a target: the one in the picker
             name = self.structure_box.currentData()

@@ -127,7 +127,7 @@ class ContouringController(QObject):
     def _use(self, tool: str | None) -> None:
         if tool is not None and not self.toolbar.isVisible():
             self.toolbar.show()
-        self.toolbar._choose_tool(tool or "")
+        self.toolbar.choose_tool(tool or "")
 
     def use_navigate(self) -> None:
         self._use(None)
