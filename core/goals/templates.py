@@ -15,6 +15,16 @@ the built-in one, so an institution can adapt any protocol). A template holds:
                 "max_dose_pct"}``: the ring from inner to outer mm outside the target,
                 minus all targets, gets a near-max (0.03 cc) goal at ``max_dose_pct`` % of
                 the target's prescription
+``helpers``     helper structures made by rules (:mod:`core.helper_structures`), each
+                ``{"kind", "name", ...}`` with kind ``ring`` (``target``, ``inner_mm``,
+                ``outer_mm``), ``oar_minus_ptv`` (``oar``, ``ptvs``, ``margin_mm``) or
+                ``ptv_opt`` (``ptv``, ``oars``, ``margin_mm``: the PTV without the organs'
+                PRVs), an optional ``goal`` (a GOALS entry without ``structure``; ``dose_pct``
+                of the target's prescription may replace ``dose_gy`` for ``ring`` and
+                ``ptv_opt``) and ``cite``. Names listed under ``ptvs`` / ``oars`` that a
+                patient lacks are left out; a helper identical to its source (nothing
+                overlaps) or empty is not made. Helper goals are steering goals
+                (``control``), so a predicted dose never rewrites them
 ``citations``   ``{key: reference}``
 
 Structure names are matched to the patient's through :func:`canonical_name`, which
@@ -29,6 +39,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from core.errors import InputError
 from core.goals.goal import ClinicalGoal, GoalKind
 from core.paths import resource_dir
@@ -37,8 +49,14 @@ from core.paths import user_data_dir as paths_user_data_dir
 FORMAT = "openatp-protocol"
 _ROLES = ("TARGET", "OAR", "HELPER", "EXTERNAL")
 _TOP_KEYS = {"format", "version", "site", "aliases", "title", "prescriptions", "structures", "goals", "rings",
-             "citations", "description"}
+             "helpers", "citations", "description"}
 _RING_KEYS = {"name", "target", "inner_mm", "outer_mm", "priority", "max_dose_pct", "cite"}
+#: helper kind -> (required keys, optional keys, the key naming the structure a dose_pct refers to)
+_HELPER_KEYS = {
+    "ring": ({"target", "inner_mm", "outer_mm"}, set(), "target"),
+    "oar_minus_ptv": ({"oar", "ptvs"}, {"margin_mm"}, None),
+    "ptv_opt": ({"ptv", "oars"}, {"margin_mm"}, "ptv"),
+}
 _SIDE = {"l": "left", "lt": "left", "left": "left", "r": "right", "rt": "right", "right": "right"}
 _FILLER = {"gy", "cgy", "the", "and", "opt"}
 
@@ -111,6 +129,139 @@ class RingRule:
 
 
 @dataclass(frozen=True)
+class HelperSpec:
+    """A template's helper-structure rule in template structure names (see module docstring).
+
+    ``params`` holds the kind's keys (``target`` / ``oar`` / ``ptv`` a name, ``ptvs`` /
+    ``oars`` tuples of names, margins in mm); ``goal`` the GOALS entry without
+    ``structure`` (``dose_pct`` allowed for ``ring`` and ``ptv_opt``), or None.
+    """
+
+    kind: str
+    name: str
+    params: tuple                 # sorted (key, value) pairs
+    goal: tuple | None = None     # sorted (key, value) pairs of the goal entry
+    cite: str = ""
+
+    @property
+    def p(self) -> dict:
+        return dict(self.params)
+
+    def sources(self) -> list[str]:
+        """Template structure names this helper reads (the main one first)."""
+        p = self.p
+        if self.kind == "ring":
+            return [p["target"]]
+        if self.kind == "oar_minus_ptv":
+            return [p["oar"], *p["ptvs"]]
+        return [p["ptv"], *p["oars"]]
+
+    def rule(self, match: dict):
+        """The :mod:`core.helper_structures` rule for a patient whose names ``match`` maps
+        (template name -> patient name), or ``None`` with a reason when the patient lacks
+        the main structure or every structure to subtract. Returns ``(rule, note)``."""
+        from core import helper_structures as hs
+
+        p = self.p
+        main = self.sources()[0]
+        if main not in match:
+            return None, f"helper '{self.name}': the patient has no '{main}'; not made"
+        if self.kind == "ring":
+            return hs.RingRule(self.name, match[main], p["inner_mm"], p["outer_mm"]), ""
+        others = [match[s] for s in self.sources()[1:] if s in match]
+        if not others:
+            return None, f"helper '{self.name}': none of {', '.join(self.sources()[1:])} present; not made"
+        margin = p.get("margin_mm", 0.0)
+        if self.kind == "oar_minus_ptv":
+            return hs.OarMinusPtvRule(self.name, match[main], tuple(others), margin), ""
+        return hs.PtvMinusOarRule(self.name, match[main], tuple(others), margin), ""
+
+    def goal_for(self, rx_gy: float | None) -> ClinicalGoal | None:
+        """The helper's goal (``control``) with ``dose_pct`` turned into Gy of ``rx_gy``."""
+        if self.goal is None:
+            return None
+        d = dict(self.goal)
+        pct = d.pop("dose_pct", None)
+        note = f"helper {self.kind} ({self.name})"
+        if pct is not None:
+            if rx_gy is None:
+                return None
+            d["dose_gy"] = round(float(pct) / 100.0 * rx_gy, 3)
+            note += f": {float(pct):g} % of {rx_gy:g} Gy"
+        d.update(structure=self.name, control=True)
+        d.setdefault("note", note)
+        return ClinicalGoal.from_dict(d)
+
+
+def _parse_helper(h, structures: dict, citations: dict) -> HelperSpec:
+    """Validate one ``helpers`` entry (raises InputError without the file name)."""
+    if not isinstance(h, dict):
+        raise InputError(f"a helper is a JSON object, got {h!r}")
+    kind = h.get("kind")
+    name = str(h.get("name", "")).strip()
+    if kind not in _HELPER_KEYS:
+        raise InputError(f"helper '{name or '?'}': kind must be one of {', '.join(_HELPER_KEYS)}, got {kind!r}")
+    if not name:
+        raise InputError(f"a {kind} helper needs a name")
+    required, optional, rx_key = _HELPER_KEYS[kind]
+    keys = set(h) - {"kind", "name", "goal", "cite"}
+    if not required <= keys or keys - required - optional:
+        raise InputError(f"helper '{name}' ({kind}) takes {', '.join(sorted(required))}"
+                         f"{' and optional ' + ', '.join(sorted(optional)) if optional else ''}, got {sorted(keys)}")
+    params: dict = {}
+    for k in sorted(keys):
+        v = h[k]
+        if k in ("ptvs", "oars"):
+            if isinstance(v, str):
+                v = [v]
+            if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+                raise InputError(f"helper '{name}': {k} must be a non-empty list of structure names")
+            v = tuple(v)
+        elif k in ("target", "oar", "ptv"):
+            v = str(v)
+        else:
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise InputError(f"helper '{name}': {k} must be a number of mm, got {v!r}") from None
+            if not v >= 0:
+                raise InputError(f"helper '{name}': {k} must not be negative")
+        params[k] = v
+    want_role = {"target": "TARGET", "ptv": "TARGET", "oar": "OAR", "ptvs": "TARGET", "oars": "OAR"}
+    for k, role in want_role.items():
+        for s in (params[k] if isinstance(params.get(k), tuple) else [params[k]] if k in params else []):
+            if s not in structures:
+                raise InputError(f"helper '{name}': '{s}' is not listed under 'structures'")
+            if structures[s].role != role:
+                raise InputError(f"helper '{name}': '{s}' is not an {role} of this template")
+    if kind == "ring" and not params["inner_mm"] < params["outer_mm"]:
+        raise InputError(f"helper '{name}': needs inner_mm < outer_mm")
+    cite = str(h.get("cite", ""))
+    if cite and cite not in citations:
+        raise InputError(f"helper '{name}': citation '{cite}' is not in 'citations'")
+    goal = h.get("goal")
+    if goal is not None:
+        if not isinstance(goal, dict) or "structure" in goal:
+            raise InputError(f"helper '{name}': goal is a GOALS entry without 'structure'")
+        g = dict(goal)
+        pct = g.pop("dose_pct", None)
+        if pct is not None:
+            if rx_key is None:
+                raise InputError(f"helper '{name}': dose_pct needs a target; give dose_gy")
+            if "dose_gy" in g:
+                raise InputError(f"helper '{name}': give dose_pct or dose_gy, not both")
+            if not (isinstance(pct, (int, float)) and 0 < pct <= 120):
+                raise InputError(f"helper '{name}': dose_pct must lie in 0 ... 120 %")
+            g["dose_gy"] = float(pct)  # a stand-in value, only to validate the rest of the goal
+        try:
+            ClinicalGoal.from_dict({**g, "structure": name})
+        except InputError as exc:
+            raise InputError(f"helper '{name}': goal: {exc.message}") from None
+        goal = tuple(sorted(goal.items()))
+    return HelperSpec(kind, name, tuple(sorted(params.items())), goal, cite)
+
+
+@dataclass(frozen=True)
 class ProtocolTemplate:
     """A validated site template (see module docstring for the file format)."""
 
@@ -125,6 +276,7 @@ class ProtocolTemplate:
     citations: dict
     path: str = ""
     cites: tuple = field(default=())  # citation key per goal
+    helpers: tuple = field(default=())  # of HelperSpec
 
     @classmethod
     def from_dict(cls, d: dict, path: str | Path = "") -> "ProtocolTemplate":
@@ -183,6 +335,21 @@ class ProtocolTemplate:
             except InputError as exc:
                 raise bad(exc.message) from None
         ring_names = {r.name for r in rings}
+        helpers = []
+        if not isinstance(d.get("helpers", []), list):
+            raise bad("'helpers' must be a list")
+        for h in d.get("helpers", []):
+            try:
+                helpers.append(_parse_helper(h, structures, citations))
+            except InputError as exc:
+                raise bad(exc.message) from None
+        seen = set(structures) | ring_names
+        for h in helpers:
+            # a helper named like a template structure would be matched to it (canonical
+            # names drop "opt", so "PTV70_OPT" is PTV70 to the name matcher)
+            if h.name in seen or canonical_name(h.name) in keys:
+                raise bad(f"helper '{h.name}': the name clashes with a structure, ring or helper of this template")
+            seen.add(h.name)
         goals, cites = [], []
         if not isinstance(d["goals"], list) or not d["goals"]:
             raise bad("'goals' must be a non-empty list")
@@ -219,7 +386,7 @@ class ProtocolTemplate:
                        "fractions": int(p.get("fractions", 1))})
         aliases = tuple(str(a).lower() for a in d.get("aliases", []))
         return cls(site, str(d["version"]), str(d["title"]), aliases, tuple(rx), structures, tuple(goals),
-                   tuple(rings), dict(citations), str(path), tuple(cites))
+                   tuple(rings), dict(citations), str(path), tuple(cites), tuple(helpers))
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ProtocolTemplate":
@@ -375,14 +542,77 @@ def add_ring_structures(patient, template: ProtocolTemplate) -> list[str]:
     return added
 
 
-def goals_for_patient(patient, site: str | ProtocolTemplate, add_rings: bool = True) -> tuple[list, list]:
-    """The site template's goals for ``patient`` (rings added to the patient when asked).
+@dataclass(frozen=True)
+class TemplateHelpers:
+    """What :func:`add_template_helpers` did: structures made, their goals, notes."""
+
+    structures: tuple = ()        # names of the helper structures added (or rebuilt)
+    goals: tuple = ()             # their ClinicalGoals (control), in the patient's names
+    notes: tuple = ()             # helpers not made, and why
+
+
+def add_template_helpers(patient, site: str | ProtocolTemplate) -> TemplateHelpers:
+    """Make the template's ``helpers`` on ``patient`` (role HELPER, rule kept for regeneration).
+
+    Sources are matched to the patient's names as goals are. A helper is not made (a note
+    says why) when the patient lacks its main structure or everything to subtract, when it
+    would be empty, when it would equal its source (nothing overlaps, so it adds nothing),
+    or when a structure of that name exists that no rule made (a planner's own is kept).
+    A rule-made one of that name is rebuilt. Helper goals get their ``dose_pct`` from the
+    patient's prescription for the helper's target (else the template's).
+
+    Call after the patient is loaded and before the goals are optimized, e.g. in
+    :func:`core.pipeline.plan_goals`::
+
+        helpers = add_template_helpers(patient, site)
+        goals = goals + list(helpers.goals)
+    """
+    from core import helper_structures as hs
+
+    t = site if isinstance(site, ProtocolTemplate) else load_template(site)
+    match = {k: v for k, v in t.match_structures(patient.structures).items()
+             if not patient.structures[v].is_empty}
+    rx = {p.structure: p.dose_gy for p in patient.prescriptions}
+    made, goals, notes = [], [], []
+    for h in t.helpers:
+        rule, why = h.rule(match)
+        if rule is None:
+            notes.append(why)
+            continue
+        old = patient.structures.get(h.name)
+        if old is not None and not isinstance(old.rule, dict):
+            notes.append(f"helper '{h.name}': the patient has its own structure of that name; kept it")
+            continue
+        try:
+            mask = hs.build_mask(patient, rule)
+        except InputError as exc:
+            notes.append(f"{exc.message}; not made")
+            continue
+        src = patient.structures[rule.source_names(patient)[0]].mask
+        if h.kind != "ring" and np.array_equal(mask, src):
+            notes.append(f"helper '{h.name}': nothing overlaps '{rule.source_names(patient)[0]}'; not made "
+                         f"(it would equal it)")
+            continue
+        hs.make_helper(patient, rule)
+        made.append(h.name)
+        main = h.sources()[0]
+        g = h.goal_for(rx.get(match[main]) or t.prescription_for(main))
+        if g is not None:
+            goals.append(g)
+    return TemplateHelpers(tuple(made), tuple(goals), tuple(notes))
+
+
+def goals_for_patient(patient, site: str | ProtocolTemplate, add_rings: bool = True,
+                      add_helpers: bool = False) -> tuple[list, list]:
+    """The site template's goals for ``patient`` (rings, and helpers with their goals,
+    added to the patient when asked).
 
     Returns ``(goals, warnings)``.
     """
     t = site if isinstance(site, ProtocolTemplate) else load_template(site)
     if add_rings:
         add_ring_structures(patient, t)
+    helpers = add_template_helpers(patient, t) if add_helpers else TemplateHelpers()
     rx = {p.structure: p.dose_gy for p in patient.prescriptions}
     present = [n for n, s in patient.structures.items() if not s.is_empty]
     for n, s in patient.structures.items():
@@ -394,7 +624,7 @@ def goals_for_patient(patient, site: str | ProtocolTemplate, add_rings: bool = T
     goals, warnings = t.goals_for(present, rx)
     if not add_rings:
         goals = [g for g in goals if g.structure in patient.structures]
-    return goals, warnings
+    return goals + list(helpers.goals), warnings + list(helpers.notes)
 
 
 def template_from_goals(goals, site: str, title: str, *, roles: dict | None = None,
