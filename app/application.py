@@ -99,11 +99,19 @@ class Workstation(QObject):
         self.patients = PatientController(self)
         self.display = DisplayController(self)
         self.planning = PlanningController(self)
+        from app.controllers.compare import CompareController
+        from app.controllers.export import ExportController
+        from app.controllers.project import ProjectController
+
+        self.export = ExportController(self)  # File > Export DICOM…
+        self.project = ProjectController(self)  # File > Save/Open project, autosave
+        self.compare = CompareController(self)  # Plan > Compare plans…
         from app.controllers.contouring import ContouringController
 
         self.contouring = ContouringController(self)  # Contour menu, contouring toolbar
         self.actions = action_table.build_actions(self, self.window)
         self.window.install_actions(self.actions)
+        self.patients.install_recent_menu(self.actions["file.open_recent"])
         self.actions[f"view.theme_{self.theme}"].setChecked(True)
         self.actions["view.wl_soft"].setChecked(True)
         self.actions["view.dose_lines"].setChecked(True)
@@ -240,6 +248,9 @@ def run_gui(patient: str | None = None, screenshot: str | None = None, phantom_f
         win.dvh_dock.raise_()
     if patient:
         ws.patients.load(patient, phantom_file=phantom_file)
+    if not headless:
+        # a crash left an autosave newer than the last clean exit: offer it (non-blocking)
+        QTimer.singleShot(0, ws.project.offer_restore)
     exit_code = {"rc": 0}
     if headless:
         def finish():

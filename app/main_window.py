@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt, Signal
 from PySide6.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow,
-                               QMessageBox, QToolBar)
+                               QMessageBox, QTabBar, QTabWidget, QToolBar)
 
 from app import actions as action_table
 from core import __version__
@@ -51,7 +51,18 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("OpenATP")
         self.setDockNestingEnabled(True)
         self.viewer = CtViewer(self.viewer_model)
-        self.setCentralWidget(self.viewer)
+        # The image views are the first central tab; views such as the plan comparison open
+        # as further tabs (show_central_tab). The tab bar hides while the images are alone.
+        self.central_tabs = QTabWidget()
+        self.central_tabs.setObjectName("tabs.central")
+        self.central_tabs.setDocumentMode(True)
+        self.central_tabs.setTabBarAutoHide(True)
+        self.central_tabs.setTabsClosable(True)
+        self.central_tabs.addTab(self.viewer, "Images")
+        for side in (QTabBar.ButtonPosition.LeftSide, QTabBar.ButtonPosition.RightSide):
+            self.central_tabs.tabBar().setTabButton(0, side, None)  # the images cannot be closed
+        self.central_tabs.tabCloseRequested.connect(self._on_central_tab_close)
+        self.setCentralWidget(self.central_tabs)
 
         self.structure_list = StructureList(self.viewer_model)
         self.dvh_panel = DvhPanel()
@@ -215,6 +226,22 @@ class MainWindow(QMainWindow):
         box.setDetailedText("\n\n".join(c.text for c in cards))
         box.open()  # non-blocking, like the other dialogs
         return box
+
+    # -- central tabs ------------------------------------------------------------------------------
+    def show_central_tab(self, widget, title: str) -> None:
+        """Show ``widget`` as a central tab beside the image views (added on first use)."""
+        i = self.central_tabs.indexOf(widget)
+        if i < 0:
+            i = self.central_tabs.addTab(widget, title)
+        self.central_tabs.setCurrentIndex(i)
+
+    def central_tab_shown(self, widget) -> bool:
+        """Whether ``widget`` is open as a central tab (current or not)."""
+        return self.central_tabs.indexOf(widget) >= 0
+
+    def _on_central_tab_close(self, index: int) -> None:
+        if index > 0:  # the widget stays alive with its controller; closing only hides it
+            self.central_tabs.removeTab(index)
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.closing.emit()

@@ -157,6 +157,8 @@ class Project:
         Key of the plan the views showed.
     goals : tuple of ClinicalGoal
         The session's goal list (the goal editor's).
+    site : str, optional
+        The protocol template the goal list came from.
     phantom_file : str, optional
         The file a ``phantom:`` spec was built from.
     dicom : dict
@@ -171,6 +173,7 @@ class Project:
     plans: tuple = ()
     active_plan: str | None = None
     goals: tuple = ()
+    site: str | None = None
     phantom_file: str | None = None
     dicom: dict = field(default_factory=dict)
     saved_at: float = 0.0
@@ -232,7 +235,8 @@ def project_bytes(project: Project, progress=None, cancel=None) -> bytes:
            "saved_at": float(project.saved_at or time.time()),
            "patient": {"spec": project.patient_spec, "phantom_file": project.phantom_file,
                        "patient_id": project.patient_id, "grid": project.grid.to_dict(), "dicom": project.dicom},
-           "active_plan": project.active_plan, "goals": [g.to_dict() for g in project.goals], "plans": plans_meta}
+           "active_plan": project.active_plan, "site": project.site, "goals": [g.to_dict() for g in project.goals],
+           "plans": plans_meta}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=_COMPRESS_LEVEL) as z:
         total = len(arrays) + 1
@@ -331,6 +335,7 @@ def load_project(path: str | Path, progress=None, cancel=None) -> Project:
                 report(progress, i + 1, max(len(metas), 1), "reading plans")
         return Project(patient_spec=pat["spec"], patient_id=str(pat.get("patient_id", "")), grid=grid,
                        plans=tuple(plans), active_plan=doc.get("active_plan"), goals=doc.get("goals") or (),
+                       site=doc.get("site"),
                        phantom_file=pat.get("phantom_file"), dicom=pat.get("dicom") or {},
                        saved_at=float(doc.get("saved_at") or 0.0))
     except InputError as exc:

@@ -30,7 +30,8 @@ def write_case(path, shape=(20, 24, 24), spacing=(4.0, 4.0, 3.0)):
     idx = np.indices(shape).astype(np.float32)
     c = (np.array(shape, np.float32) - 1) / 2
     r2 = sum(((idx[k] - c[k]) * spacing[k]) ** 2 for k in range(3))
-    body = ((idx[0] - c[0]) * spacing[0]) ** 2 + ((idx[1] - c[1]) * spacing[1]) ** 2 <= (0.45 * shape[0] * spacing[0]) ** 2
+    radius_mm = 0.45 * shape[0] * spacing[0]
+    body = ((idx[0] - c[0]) * spacing[0]) ** 2 + ((idx[1] - c[1]) * spacing[1]) ** 2 <= radius_mm ** 2
     ptv = r2 <= 14.0 ** 2
     cord = (((idx[0] - c[0] - 6) * spacing[0]) ** 2 + ((idx[1] - c[1]) * spacing[1]) ** 2 <= 5.0 ** 2) & body
     names = ["SpinalCord", "PTV70"]
@@ -61,7 +62,8 @@ def _project(case, patient, saved_at=1000.0):
                            beams=beams, segmented_beams=seg,
                            metrics={"all_p1_met": True, "total_mu": np.float32(512.5), "nan": float("nan")},
                            source="pipeline")),
-        active_plan="plan 1", goals=GOALS[:1], dicom={"study_instance_uid": "1.2.3", "frame_of_reference_uid": ""},
+        active_plan="plan 1", goals=GOALS[:1], site="hn",
+        dicom={"study_instance_uid": "1.2.3", "frame_of_reference_uid": ""},
         saved_at=saved_at)
 
 
@@ -74,7 +76,7 @@ def test_round_trip_restores_every_plan_exactly(tmp_path, case):
     back = load_project(path)
     assert back.patient_spec == str(case) and back.patient_id == "pt_tiny"
     assert back.grid.same_as(patient.grid, tol_mm=0) and back.grid.axes == patient.grid.axes
-    assert back.active_plan == "plan 1" and back.saved_at == 1000.0
+    assert back.active_plan == "plan 1" and back.saved_at == 1000.0 and back.site == "hn"
     assert [p.key for p in back.plans] == ["reference", "plan 1"]
     assert [p.label for p in back.plans] == ["Clinical", "Automated"]
     a, b = proj.plans[1], back.plans[1]
