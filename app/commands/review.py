@@ -1,4 +1,4 @@
-"""``openatp review create|status|answer|add-reviewer|unblind|results STUDY ...``: blinded review studies.
+"""``openatp review create|status|answer|gui|add-reviewer|unblind|results STUDY ...``: blinded review studies.
 
 Study model, blinding and threat model: :mod:`core.review.study`; scoring and aggregates:
 :mod:`core.review.aggregate`. ``--json`` output per sub-command:
@@ -9,6 +9,8 @@ Study model, blinding and threat model: :mod:`core.review.study`; scoring and ag
   "total", "next_case"}}, "unblinded", "complete"}`` plus, with ``--reviewer``, ``"cases"``:
   that reviewer's cases in order with plan A/B files and answers (nothing names an arm);
 * ``answer``: ``{"reviewer", "case", "saved": {QUESTION: VALUE}, "complete", "next_case"}``;
+* ``gui``: no JSON; opens the review window for ``--reviewer`` at their first open case
+  (``--screenshot FILE`` renders it to a PNG and exits);
 * ``unblind``: ``{"study_id", "unblinded_utc", "arm_names", "incomplete", "already"}``;
 * ``results``: the aggregates (:func:`core.review.aggregate.aggregate`) plus ``"arm_names"``
   and ``"outputs"`` (results.json, ratings.csv, cases.csv, preference_groups.csv, results.html).
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("review", help="blinded side-by-side physician review studies",
                               description="Blinded review of automated vs manual plans: create a study, "
                                           "follow progress, answer headlessly, unblind, aggregate.")
-    sub = p.add_subparsers(dest="review_command", metavar="{create,status,answer,add-reviewer,unblind,results}")
+    sub = p.add_subparsers(dest="review_command", metavar="{create,status,answer,gui,add-reviewer,unblind,results}")
 
     c = sub.add_parser("create", help="create a study folder and its key")
     c.add_argument("study", metavar="STUDY", help="new study folder (given to the reviewers)")
@@ -58,6 +60,18 @@ def register(subparsers) -> None:
                    help="an answer, e.g. acceptable_a=agree, prefer_a=cannot_judge, comment='cord hot'")
     add_json(a)
 
+    g = sub.add_parser("gui", help="review the study in the blinded side-by-side window",
+                       description="Open the review window for one reviewer; it resumes at their first open "
+                                   "case and saves every answer as it is given.")
+    g.add_argument("study", metavar="STUDY")
+    g.add_argument("--reviewer", required=True, help="your name as listed in the study")
+    g.add_argument("--case", type=int, default=None, metavar="K",
+                   help="open the K-th case of your order (1-based) instead of resuming")
+    g.add_argument("--screenshot", metavar="FILE", default=None,
+                   help="render the window once the case is shown, save it as a PNG and exit")
+    g.add_argument("--theme", choices=["dark", "light"], default=None, help="colour theme (default: last used)")
+    g.add_argument("--size", default="1600x1000", help="window size WxH (default 1600x1000)")
+
     r = sub.add_parser("add-reviewer", help="add a reviewer (needs the key)")
     r.add_argument("study", metavar="STUDY")
     r.add_argument("name")
@@ -75,7 +89,7 @@ def register(subparsers) -> None:
     res.add_argument("--out", default=None, help="output folder (default STUDY/results)")
     add_json(res)
 
-    for sp in (c, s, a, r, u, res):
+    for sp in (c, s, a, g, r, u, res):
         sp.set_defaults(func=run)
     p.set_defaults(func=run, _review_parser=p)
 
@@ -85,7 +99,7 @@ def run(args) -> int:
     if cmd is None:
         args._review_parser.print_help(sys.stderr)
         return 2
-    return {"create": _create, "status": _status, "answer": _answer, "add-reviewer": _add_reviewer,
+    return {"create": _create, "status": _status, "answer": _answer, "gui": _gui, "add-reviewer": _add_reviewer,
             "unblind": _unblind, "results": _results}[cmd](args)
 
 
@@ -176,6 +190,16 @@ def _answer(args) -> int:
     else:
         print(f"saved {len(answers)} answer(s) for {case}; next: {doc['next_case'] or 'none, all done'}")
     return 0
+
+
+def _gui(args) -> int:
+    from app.commands.gui import _size
+
+    size = _size(args.size)
+    from app.review_window import run_review_gui
+
+    return run_review_gui(args.study, args.reviewer, screenshot=args.screenshot, theme=args.theme, size=size,
+                          case=args.case)
 
 
 def _add_reviewer(args) -> int:
