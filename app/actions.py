@@ -88,6 +88,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("file.export", "&Export DICOM…", "&File", "export.export_dialog", "export", "Ctrl+E",
                enabled_when="dose", tip="Write CT, RTSTRUCT, RTPLAN and RTDOSE of the shown plan into a folder",
                separator_before=True),
+    ActionSpec("file.open_review", "Open &review study…", "&File", "review.open_dialog",
+               tip="Review a blinded study: Plan A and Plan B side by side, answers saved as you go"),
     ActionSpec("file.screenshot", "Save &screenshot…", "&File", "window.save_screenshot_dialog", "screenshot",
                "Ctrl+Shift+S", separator_before=True),
     ActionSpec("file.quit", "&Quit", "&File", "window.close", "quit", "Ctrl+Q", separator_before=True),

@@ -109,6 +109,9 @@ class Workstation(QObject):
         from app.controllers.contouring import ContouringController
 
         self.contouring = ContouringController(self)  # Contour menu, contouring toolbar
+        from app.controllers.review import ReviewController
+
+        self.review = ReviewController(self)  # File > Open review study…
         self.actions = action_table.build_actions(self, self.window)
         self.window.install_actions(self.actions)
         self.patients.install_recent_menu(self.actions["file.open_recent"])
