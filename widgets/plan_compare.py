@@ -197,7 +197,7 @@ class PlanCompare(QWidget):
         self.goal_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.goal_table.verticalHeader().setVisible(False)
         self.goal_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.goal_table.horizontalHeader().setStretchLastSection(True)
+        self.goal_table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)  # the goal text
         tlay.addWidget(self.goal_table, 1)
         bottom.addWidget(table_pane)
         bottom.setStretchFactor(0, 2)

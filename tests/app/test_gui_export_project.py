@@ -270,7 +270,10 @@ def test_autosave_appears_only_on_change_and_restores_after_a_crash(qtbot, works
     ws2 = _workstation(qtbot)
     try:
         assert ws2.project.pending_autosave() == path
-        ws2.project.restore_autosave()
+        box = ws2.project.offer_restore()  # what the next start shows (non-blocking)
+        assert box is not None and "did not close normally" in box.text()
+        box.button(box.StandardButton.Yes).click()
+        qtbot.waitUntil(lambda: ws2.session.has_patient, timeout=10000)
         _idle(qtbot, ws2)
         _same_session(ws, ws2)
         assert ws2.project.path is None  # "Save" after a restore asks where to save
