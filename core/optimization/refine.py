@@ -1,0 +1,519 @@
+"""Iterative per-patient refinement: adjust goal values, re-optimize warm, keep the best plan.
+
+An automated plan is a starting point. After it, every goal is checked against the
+planner's goal list (the **clinical** goals, whose values never change here):
+
+* an **unmet** goal is aimed past its value by its shortfall (a maximum 8 Gy over its
+  limit is aimed 8 Gy under it; a coverage 1 Gy short is aimed 1 Gy over), at most
+  ``max_push_pct`` % beyond the value;
+* an **OAR goal met with room to spare** (more than ``spare_pct`` % under its value,
+  priority 2 or lower) is aimed ``step_pct`` % under what it achieved, so the optimizer
+  spends the room on sparing it further. Met P1 limits are hard limits, never pushed
+  (the templates carry a lower-priority copy of each, which is);
+* a goal aimed past its value that **stops improving** is loosened back to its value and
+  left alone (it costs the others and gains nothing); a coverage goal that became met
+  is loosened back too;
+* every other met OAR goal is **held** at what it achieved (plus ``tolerance_pct``), so
+  the optimizer cannot pay for a patch or a pushed organ with an organ that had room.
+
+The **working** goals (the adjusted values, priorities unchanged: the optimizer is
+lexicographic, so a priority is what weight is to a weighted-sum optimizer) are then
+re-optimized with :func:`core.optimization.fluence.optimize_plan` from the current best
+fluence (warm start, the same dose-influence matrix). A round's plan is accepted only if,
+judged on the clinical goals:
+
+1. every P1 goal met by the best plan is still met (never traded), and no goal of any
+   priority goes from met to unmet;
+2. no unmet goal is worse than in the best plan by more than ``tolerance_pct`` % of its
+   value (0.05 Gy / 0.05 % at least), and no OAR goal is worse than in the *first* plan
+   by more than that, so tolerances cannot add up over rounds (a met target goal may
+   spend its room: a D95 of 50.4 Gy against 50 Gy may become 50.1 Gy);
+3. at least one goal improved by ``min_gain_pct`` % of its value (0.05 Gy at least).
+
+A rejected round halves the steps of the goals it changed and tries again; refinement
+stops when a round improves no goal, after two rejections in a row, when nothing is
+left to adjust, or after ``max_rounds``. Every round is logged (what changed, which goals
+moved, timings). Cancel keeps the best plan (:class:`~core.errors.Cancelled` carries it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.errors import Cancelled, InputError
+from core.goals.evaluate import GoalResult, evaluate_goals
+from core.goals.goal import MET_SLACK_GY, MET_SLACK_PCT, ClinicalGoal, GoalKind
+from core.progress import check_cancel, report
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Settings of :func:`refine_plan` (see the module docstring)."""
+
+    max_rounds: int = 4
+    spare_pct: float = 5.0          # an OAR goal met by more than this (% of its value) is pushed
+    step_pct: float = 5.0           # first push: this % under what the goal achieved
+    max_push_pct: float = 25.0      # never aim more than this % beyond a goal's value
+    min_gain_pct: float = 0.5       # a goal "improved" by at least this % of its value
+    tolerance_pct: float = 0.5      # a goal may get this much worse (% of its value) in an accepted round
+    hold_oars: bool = True          # OAR goals not pushed are held at what they achieved (+ tolerance)
+    level_maxiter: int | None = 150  # optimizer iterations per priority level in a round (None: the optimizer's)
+    final_maxiter: int | None = None  # final-level budget of a round (None: the optimizer's, a quarter when warm)
+
+    def __post_init__(self):
+        if int(self.max_rounds) != self.max_rounds or self.max_rounds < 0:
+            raise InputError(f"the number of refinement rounds must be a whole number >= 0, got {self.max_rounds}")
+        for k in ("spare_pct", "step_pct", "max_push_pct", "min_gain_pct", "tolerance_pct"):
+            v = getattr(self, k)
+            if not (np.isfinite(v) and 0 <= v <= 100):
+                raise InputError(f"refinement setting {k} must lie in 0 ... 100 %, got {v}")
+        if self.step_pct <= 0:
+            raise InputError("refinement step_pct must be > 0")
+
+
+@dataclass(eq=False)
+class RefineResult:
+    """The best plan found and the log of every round.
+
+    Attributes
+    ----------
+    weights : (n_beamlets,) float32 ndarray, MU (the best plan's ideal fluence)
+    dose_gy : (patient grid) float32 ndarray, Gy, of ``weights``
+    goals : list of ClinicalGoal, the clinical goals (values as the planner gave them)
+    working_goals : list of ClinicalGoal, the values the best plan was optimized for
+    goal_results, first_results : list of GoalResult on ``goals``: best plan / first plan
+    first_dose_gy : (patient grid) float32 ndarray, Gy, the first plan's (ideal-fluence) dose
+    optimization : OptimizationResult of the best round, or None when no round was accepted
+    rounds : list of dict, one per round (see :meth:`to_log`)
+    stop_reason : str
+    timings_s : dict (``total``, ``optimize`` summed over rounds)
+    cancelled : bool
+    """
+
+    weights: np.ndarray
+    dose_gy: np.ndarray
+    goals: list
+    working_goals: list
+    goal_results: list
+    first_results: list
+    optimization: object
+    rounds: list
+    stop_reason: str
+    timings_s: dict
+    cancelled: bool = False
+    oar_structures: tuple = ()
+    warnings: list = field(default_factory=list)
+    first_dose_gy: np.ndarray | None = None
+
+    @property
+    def all_p1_met(self) -> bool:
+        return all(bool(r.met) for r in self.goal_results if r.goal.priority == 1 and r.met is not None)
+
+    @property
+    def n_accepted(self) -> int:
+        return sum(1 for r in self.rounds if r["accepted"])
+
+    def goal_changes(self) -> list[dict]:
+        """Per clinical goal: first and final achieved value and the change (goal unit)."""
+        out = []
+        for a, b in zip(self.first_results, self.goal_results):
+            d = a.goal.to_dict()
+            d.update(first=_r(a.achieved), final=_r(b.achieved), change=_r(_diff(b.achieved, a.achieved)),
+                     first_met=a.met, final_met=b.met, better=_better_by(a.goal, a.achieved, b.achieved))
+            out.append(d)
+        return out
+
+    def oar_change_by_structure(self) -> dict:
+        """OAR structure -> mean change of its goals' achieved values (Gy, or % for Vx goals;
+        negative = better), over the upper-bound goals on structures of role OAR."""
+        acc: dict = {}
+        for a, b in zip(self.first_results, self.goal_results):
+            g = a.goal
+            if (g.structure in self.oar_structures and _is_upper(g) and a.achieved is not None
+                    and b.achieved is not None):
+                acc.setdefault(g.structure, []).append(b.achieved - a.achieved)
+        return {k: round(float(np.mean(v)), 4) for k, v in acc.items()}
+
+    def to_log(self) -> dict:
+        """The ``refine_log.json`` document."""
+        return {"stop_reason": self.stop_reason, "rounds": self.rounds, "accepted_rounds": self.n_accepted,
+                "cancelled": self.cancelled, "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
+                "all_p1_met_first": all(bool(r.met) for r in self.first_results
+                                        if r.goal.priority == 1 and r.met is not None),
+                "all_p1_met": self.all_p1_met, "goals": self.goal_changes(),
+                "working_goals": [g.to_dict() for g in self.working_goals],
+                "oar_change_by_structure": self.oar_change_by_structure(), "warnings": list(self.warnings)}
+
+
+# -- goal arithmetic -----------------------------------------------------------------------------
+def _r(v):
+    return None if v is None else round(float(v), 4)
+
+
+def _diff(a, b):
+    return None if a is None or b is None else a - b
+
+
+def _is_upper(g: ClinicalGoal) -> bool:
+    return g.kind is not GoalKind.ALARA and not g.kind.is_lower_bound
+
+
+def _floor(g: ClinicalGoal) -> float:
+    """The smallest change of a goal's value that counts (its display slack, 10x)."""
+    return 10 * (MET_SLACK_PCT if g.kind is GoalKind.MAX_VOLUME_AT_DOSE else MET_SLACK_GY)
+
+
+def _amount(g: ClinicalGoal, pct: float) -> float:
+    """``pct`` % of the goal's value, at least :func:`_floor` (for small or zero values)."""
+    return max(abs(g.value or 0.0) * pct / 100.0, _floor(g))
+
+
+def _gain(g: ClinicalGoal, before: float | None, after: float | None) -> float:
+    """How much better ``after`` is than ``before`` (goal unit; negative = worse)."""
+    if before is None or after is None:
+        return 0.0
+    if g.kind is GoalKind.ALARA or _is_upper(g):
+        return before - after
+    return after - before
+
+
+def _better_by(g, before, after):
+    d = _gain(g, before, after)
+    return None if before is None or after is None else round(float(d), 4)
+
+
+def _aim(g: ClinicalGoal, value: float) -> ClinicalGoal:
+    """``g`` aiming at ``value`` (clipped to what a goal can hold)."""
+    if g.kind is GoalKind.MAX_VOLUME_AT_DOSE:
+        value = float(np.clip(value, 0.0, 99.99))
+    else:
+        value = float(max(value, 0.0))
+        if g.kind.is_lower_bound:
+            value = max(value, 0.01)
+    return g.with_value(round(value, 4))
+
+
+# -- the refinement -------------------------------------------------------------------------------
+def _dose_of(patient, dij, weights) -> np.ndarray:
+    from core.geometry import resample_to_grid
+
+    dose = dij.dose_on_grid(np.asarray(weights, dtype=np.float32))
+    if not dij.grid.same_as(patient.grid):
+        dose = resample_to_grid(dose, dij.grid, patient.grid, order=1)
+    return dose.astype(np.float32)
+
+
+def _evaluate(patient, goals, dose) -> list[GoalResult]:
+    masks = {n: s.mask for n, s in patient.structures.items()}
+    return evaluate_goals(goals, dose, masks, patient.grid.voxel_volume_cc)
+
+
+def _judge(goals, best: list, cand: list, first: list, oar: set, opts: RefineOptions) -> tuple[bool, str, list]:
+    """Accept ``cand`` over ``best``? Returns (accepted, reason, indices of goals that improved)."""
+    broken_p1 = [b.goal.label for b, c in zip(best, cand) if b.goal.priority == 1 and b.met and not c.met]
+    if broken_p1:
+        return False, f"would break met P1 goal(s): {'; '.join(broken_p1)}", []
+    broken = [b.goal.label for b, c in zip(best, cand) if b.met and c.met is False]
+    if broken:
+        return False, f"would make met goal(s) fail: {'; '.join(broken)}", []
+    worse = []
+    for b, c, f in zip(best, cand, first):
+        g = b.goal
+        if b.achieved is None or c.achieved is None or g.kind is GoalKind.ALARA:
+            continue
+        tol = _amount(g, opts.tolerance_pct)
+        if not b.met and _gain(g, b.achieved, c.achieved) < -tol:
+            worse.append(f"{g.label} ({b.achieved:.2f} -> {c.achieved:.2f})")
+        elif g.structure in oar and _is_upper(g) and _gain(g, f.achieved, c.achieved) < -tol:
+            worse.append(f"{g.label} (first plan {f.achieved:.2f} -> {c.achieved:.2f})")
+    improved = [i for i, (b, c) in enumerate(zip(best, cand))
+                if b.goal.kind is not GoalKind.ALARA and b.achieved is not None and c.achieved is not None
+                and _gain(b.goal, b.achieved, c.achieved) >= _amount(b.goal, opts.min_gain_pct)]
+    if worse:
+        return False, f"would make goal(s) worse: {'; '.join(worse)}", improved
+    if not improved:
+        return False, "no goal improved", []
+    return True, "accepted", improved
+
+
+def _propose(goals, working, best_res, first_res, step, frozen, oar, opts):
+    """The next round's working goals: ``(cand, changes, holds)`` (see the module docstring)."""
+    cand = list(working)
+    changes, holds = [], []
+    for i, (g, r) in enumerate(zip(goals, best_res)):
+        if g.kind is GoalKind.ALARA or r.met is None:
+            continue
+        cur = working[i].value
+        v = why = None
+        if i in frozen:
+            pass
+        elif not r.met:
+            gap = abs(r.achieved - g.value) * step[i] / opts.step_pct
+            cap = _amount(g, opts.max_push_pct)
+            if _is_upper(g):
+                v = max(min(cur, g.value) - gap, g.value - cap)
+            else:
+                v = min(max(cur, g.value) + gap, g.value + cap)
+            why = "unmet: aimed past its value by the shortfall"
+        elif g.kind.is_lower_bound:
+            if cur != g.value:
+                v, why = g.value, "met: loosened back to its value"
+        elif g.structure in oar and g.priority >= 2 and g.value - r.achieved > _amount(g, opts.spare_pct):
+            push = max(abs(r.achieved) * step[i] / 100.0, _floor(g))
+            v = max(r.achieved - push, first_res[i].achieved * (1 - opts.max_push_pct / 100.0))
+            why = f"met with {g.value - r.achieved:.2f} {g.unit} to spare: aimed {step[i]:g} % under {r.achieved:.2f}"
+            if v >= cur - 1e-6:
+                v = None
+        if v is None:
+            if opts.hold_oars and r.met and _is_upper(g) and g.structure in oar:
+                # an OAR goal nobody pushes is held where it is, so that pushing the others
+                # cannot buy their gains with it (the optimizer holds a met goal at its value)
+                h = min(g.value, r.achieved + _amount(g, opts.tolerance_pct))
+                if h < cur - 1e-6:
+                    cand[i] = _aim(g, h)
+                    holds.append({"goal": g.label, "from": _r(cur), "to": cand[i].value})
+            continue
+        if abs(v - cur) < 1e-6:
+            continue
+        cand[i] = _aim(g, v)
+        changes.append({"goal": g.label, "from": _r(cur), "to": cand[i].value, "why": why, "index": i})
+    return cand, changes, holds
+
+
+def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | None = None,
+                optimizer_options=None, device=None, progress=None, cancel=None) -> RefineResult:
+    """Refine a plan by rounds of goal-value adjustments and warm re-optimization.
+
+    Parameters
+    ----------
+    patient : core.patient.Patient
+    goals : sequence of ClinicalGoal
+        The clinical goals (structure names as in the patient); a plan is judged on these.
+    dij : core.dose.influence.DoseInfluence
+        The plan's dose-influence matrix (reused by every round).
+    start_weights : (n_beamlets,) ndarray of MU, or an OptimizationResult
+        The plan to start from (its ideal fluence).
+    options : RefineOptions, optional
+    optimizer_options : core.optimization.fluence.OptimizerOptions, optional
+        The plan's optimizer settings (``level_maxiter`` / ``final_maxiter`` are replaced
+        by the RefineOptions' when those are set).
+    device : str or torch.device, optional
+    progress, cancel : see :mod:`core.progress`
+
+    Returns
+    -------
+    RefineResult
+        On cancel, :class:`Cancelled` is raised whose ``result`` is the RefineResult of the
+        best plan so far (``cancelled=True``).
+    """
+    from dataclasses import replace
+
+    from core.optimization.fluence import OptimizationResult, OptimizerOptions, optimize_plan
+    from core.patient import StructureRole
+
+    t0 = time.perf_counter()
+    opts = options or RefineOptions()
+    goals = list(goals)
+    if not goals:
+        raise InputError("no clinical goals to refine")
+    for g in goals:
+        if g.structure not in patient.structures:
+            raise InputError(f"'{g.label}': the patient has no structure named '{g.structure}'")
+    opt_opts = optimizer_options or OptimizerOptions()
+    over = {k: v for k, v in (("level_maxiter", opts.level_maxiter), ("final_maxiter", opts.final_maxiter))
+            if v is not None}
+    if over:
+        opt_opts = replace(opt_opts, **over)
+    w0 = start_weights.weights if isinstance(start_weights, OptimizationResult) else start_weights
+    w0 = np.asarray(w0, dtype=np.float32).reshape(-1)
+    if w0.size != dij.n_beamlets:
+        raise InputError(f"the plan's fluence has {w0.size} beamlets, the dose matrix {dij.n_beamlets}: "
+                         "they belong to different plans")
+    oar = {n for n, s in patient.structures.items() if s.role is StructureRole.OAR}
+
+    best_w = w0
+    best_dose = _dose_of(patient, dij, w0)
+    best_res = _evaluate(patient, goals, best_dose)
+    first_res = list(best_res)
+    first_dose = best_dose
+    best_opt = None
+    working = list(goals)                  # what the best plan was optimized for
+    step = {i: opts.step_pct for i in range(len(goals))}
+    frozen: set = set()                    # goals left alone (stalled, or their steps ran out)
+    pushes_without_gain: dict = {}
+    rounds: list = []
+    rejections = 0
+    stop = "the round limit was reached"
+    t_opt = 0.0
+    warnings: list = []
+
+    def result(cancelled=False) -> RefineResult:
+        return RefineResult(best_w, best_dose, goals, working, best_res, first_res, best_opt, rounds, stop,
+                            {"optimize": t_opt, "total": time.perf_counter() - t0}, cancelled, tuple(sorted(oar)),
+                            warnings, first_dose)
+
+    report(progress, 0, 1, "refinement: first plan evaluated")
+    for rnd in range(1, opts.max_rounds + 1):
+        if cancel is not None and cancel.cancelled:
+            stop = "cancelled"
+            raise Cancelled(result=result(True))
+        # -- propose -------------------------------------------------------------------
+        cand, changes, holds = _propose(goals, working, best_res, first_res, step, frozen, oar, opts)
+        if not changes:
+            stop = "no goal left to adjust"
+            break
+        # -- re-optimize warm ------------------------------------------------------------
+        tr = time.perf_counter()
+        stage = progress.stage((rnd - 1) / opts.max_rounds, rnd / opts.max_rounds, f"refine round {rnd}") \
+            if progress is not None else None
+        try:
+            res = optimize_plan(patient, cand, dij, options=opt_opts, warm_start=best_w, device=device,
+                                progress=stage, cancel=cancel)
+        except Cancelled:
+            stop = "cancelled"
+            raise Cancelled(result=result(True)) from None
+        t_opt += res.timings_s.get("total", 0.0)
+        cand_res = _evaluate(patient, goals, res.dose_gy)
+        ok, reason, improved = _judge(goals, best_res, cand_res, first_res, oar, opts)
+        moved = [{"goal": goals[i].label, "from": _r(b.achieved), "to": _r(c.achieved),
+                  "better_by": _better_by(goals[i], b.achieved, c.achieved)}
+                 for i, (b, c) in enumerate(zip(best_res, cand_res))
+                 if b.achieved is not None and c.achieved is not None
+                 and abs(c.achieved - b.achieved) >= _floor(goals[i])]
+        rounds.append({"round": rnd, "accepted": ok, "reason": reason,
+                       "changes": [{k: v for k, v in c.items() if k != "index"} for c in changes],
+                       "held": holds,
+                       "moved": moved, "improved": [goals[i].label for i in improved],
+                       "all_p1_met": all(bool(r.met) for r in cand_res if r.goal.priority == 1 and r.met is not None),
+                       "warm_start": True, "iterations": res.iterations,
+                       "timings_s": {"optimize": round(res.timings_s.get("total", 0.0), 3),
+                                     "prepare": round(res.timings_s.get("prepare", 0.0), 3),
+                                     "round": round(time.perf_counter() - tr, 3)}})
+        changed = {c["index"] for c in changes}
+        if ok:
+            loosened = []
+            for i in changed:
+                if i in improved:
+                    pushes_without_gain.pop(i, None)
+                elif cand[i].value != goals[i].value:
+                    pushes_without_gain[i] = pushes_without_gain.get(i, 0) + 1
+                    if pushes_without_gain[i] >= 2:
+                        # aimed past its value twice and nothing came of it: loosen, leave it
+                        cand[i] = goals[i]
+                        frozen.add(i)
+                        loosened.append(goals[i].label)
+            rounds[-1]["loosened"] = loosened
+            best_w, best_dose, best_res, best_opt, working = res.weights, res.dose_gy, cand_res, res, cand
+            rejections = 0
+        else:
+            if reason == "no goal improved":
+                stop = "a round improved no goal"
+                break
+            rejections += 1
+            for i in changed:
+                step[i] /= 2.0
+                if step[i] < opts.step_pct / 8:
+                    frozen.add(i)
+            if rejections >= 2:
+                stop = "two rounds in a row were rejected"
+                break
+        report(progress, rnd, opts.max_rounds, f"refine round {rnd}: {'accepted' if ok else 'rejected'}")
+    report(progress, 1, 1, "refinement done")
+    return result()
+
+
+def refined_plan_result(patient, site, goals, dij, refined: RefineResult, *, optimizer_options=None,
+                        load_s: float = 0.0, timings_s: dict | None = None, progress=None, cancel=None):
+    """The refined plan as a :class:`core.pipeline.PlanResult`, for
+    :func:`core.pipeline.write_plan_outputs`: sequencing, final dose from the segments, MU
+    normalisation and metrics exactly as :func:`core.pipeline.plan_patient` does after it
+    optimizes (its steps, mirrored here because the pipeline has no entry point that
+    starts from a given fluence).
+    """
+    from dataclasses import replace
+
+    from core.delivery.effect import sequencing_effect
+    from core.delivery.mu import plan_mu_summary
+    from core.delivery.sequencing import SequencingOptions, sequence_influence
+    from core.geometry import resample_to_grid
+    from core.optimization.fluence import OptimizationResult, OptimizerOptions
+    from core.patient import Dose
+    from core.pipeline import (NORMALIZATION_MAX_DOSE_PCT, PlanResult, _scale_segments, _target_indices,
+                               normalization_factor)
+
+    t = time.perf_counter()
+    timings = dict(timings_s or {})
+    opt = refined.optimization
+    max_rx = max((p.dose_gy for p in patient.prescriptions), default=None)
+    if opt is None:  # no round accepted: the first plan, as it was
+        limit_pct = (optimizer_options or OptimizerOptions()).max_dose_pct
+        opt = OptimizationResult(refined.weights, refined.dose_gy, patient.grid, refined.goal_results,
+                                 refined.all_p1_met, 0, {}, [], float(refined.dose_gy.max()),
+                                 limit_pct / 100.0 * max_rx if max_rx else float(refined.dose_gy.max()),
+                                 warm_start=True)
+    else:
+        opt = replace(opt, goal_results=refined.goal_results, all_p1_met=refined.all_p1_met)
+    fractions = patient.prescriptions[0].fractions if patient.prescriptions else 1
+    segmented, deliverable = sequence_influence(dij, refined.weights, replace(SequencingOptions(), fractions=fractions),
+                                                progress=progress, cancel=cancel)
+    timings["sequence"] = time.perf_counter() - t
+    t = time.perf_counter()
+    final = dij.dose_on_grid(np.asarray(deliverable, dtype=np.float32))
+    if not dij.grid.same_as(patient.grid):
+        final = resample_to_grid(final, dij.grid, patient.grid, order=1)
+    final = np.where(patient.external_mask(), final, 0.0).astype(np.float32)
+    masks = {n: s.mask for n, s in patient.structures.items()}
+    hot_limit = max(opt.max_dose_limit_gy, NORMALIZATION_MAX_DOSE_PCT / 100.0 * max_rx) if max_rx else None
+    norm = normalization_factor(goals, final, masks, patient.grid.voxel_volume_cc, hot_limit)
+    if norm != 1.0:
+        final = (final * np.float32(norm)).astype(np.float32)
+        deliverable = np.asarray(deliverable) * norm
+        segmented = _scale_segments(segmented, norm)
+    results = evaluate_goals(goals, final, masks, patient.grid.voxel_volume_cc)
+    timings["final_dose"] = time.perf_counter() - t
+    p1 = [r for r in results if r.goal.priority == 1 and r.met is not None]
+    dose_per_fx = patient.prescriptions[0].dose_per_fraction_gy if patient.prescriptions else None
+    mu = plan_mu_summary(segmented, fractions, dose_per_fx)
+    timings["load"] = float(load_s)
+    timings["total"] = sum(v for k, v in timings.items() if k != "total")
+    from core.device import device_name
+
+    metrics = {
+        "site": site,
+        "device": device_name(dij.matrix.device),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "goals": [r.to_dict() for r in results],
+        "all_p1_met": all(bool(r.met) for r in p1),
+        "total_mu": round(float(mu["total_mu_per_fraction"]), 2),
+        "total_mu_per_fraction": round(float(mu["total_mu_per_fraction"]), 2),
+        "total_mu_course": round(float(mu["total_mu"]), 2),
+        "fractions": fractions,
+        "n_segments": int(mu["n_segments"]),
+        "max_dose_gy": round(float(final.max()), 3),
+        "max_dose_pct_of_prescription": None if not max_rx else round(100.0 * float(final.max()) / max_rx, 2),
+        "targets": _target_indices(patient, final),
+        "sequencing_effect": sequencing_effect(patient, refined.dose_gy, final),
+        "normalization_factor": round(norm, 5),
+        "ideal_fluence_goals": [r.to_dict() for r in refined.goal_results],
+        "ideal_fluence_all_p1_met": refined.all_p1_met,
+        "optimizer": {"iterations": sum(r["iterations"] for r in refined.rounds), "levels": [],
+                      "conflicts": list(getattr(refined.optimization, "conflicts", []) or [])},
+        "warm_start": True,
+        "refined": True,
+        "beams": dij.beams.to_dict() if dij.beams is not None else None,
+        "dose_grid": dij.grid.to_dict(),
+        "n_beamlets": int(dij.n_beamlets),
+        "goal_notes": [],
+        "prediction": None,
+        "warnings": list(dict.fromkeys(list(patient.warnings) + list(refined.warnings))),
+    }
+    check_cancel(cancel)
+    return PlanResult(patient, site, list(goals), dij, opt, segmented, np.asarray(deliverable),
+                      Dose(refined.dose_gy, patient.grid, "ideal fluence"), Dose(final, patient.grid, "plan"),
+                      None, metrics, list(refined.warnings))
+
+
+__all__ = ["RefineOptions", "RefineResult", "refine_plan", "refined_plan_result"]
