@@ -130,9 +130,13 @@ class Workstation(QObject):
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"has_patient": self.session.has_patient,
+        session = self.session
+        return {"has_patient": session.has_patient,
                 "has_dose": self.viewer_model.dose_gy is not None,
-                "busy": self.runner.busy}
+                "busy": self.runner.busy,
+                "has_goals": bool(session.goals),
+                "can_warm_start": session.can_warm_start,
+                "shows_version": session.version(session.active_plan) is not None}
 
     def update_actions(self) -> None:
         action_table.update_enabled(self.actions, self.state())

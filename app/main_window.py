@@ -15,6 +15,7 @@ from app import actions as action_table
 from core import __version__
 from widgets.ct_viewer import CtViewer
 from widgets.dvh_panel import DvhPanel
+from widgets.goal_table import GoalTable
 from widgets.icons import icon
 from widgets.structure_list import StructureList
 from widgets.task_progress import TaskProgress
@@ -77,6 +78,12 @@ class MainWindow(QMainWindow):
         self.volume_dock.visibilityChanged.connect(self.volume_view.request_start)
         self.dvh_dock.raise_()
         self.resizeDocks([self.structure_dock, self.dvh_dock], [270, 520], Qt.Orientation.Horizontal)
+        # The goal list sits under the image views; the side panels keep their full height.
+        self.goal_table = GoalTable()
+        self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.goals_dock = self._dock("Goals", "dock.goals", self.goal_table, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.resizeDocks([self.goals_dock], [240], Qt.Orientation.Vertical)
 
         self.toolbar = QToolBar("Main toolbar")
         self.toolbar.setObjectName("toolbar.main")
@@ -122,7 +129,8 @@ class MainWindow(QMainWindow):
         view = menus["&View"]
         view.addSeparator()
         panels = view.addMenu("&Panels")
-        for dock, name in ((self.structure_dock, "structures"), (self.dvh_dock, "dvh"), (self.volume_dock, "volume")):
+        for dock, name in ((self.structure_dock, "structures"), (self.dvh_dock, "dvh"), (self.volume_dock, "volume"),
+                           (self.goals_dock, "goals")):
             a = dock.toggleViewAction()
             a.setIcon(icon(name))
             panels.addAction(a)

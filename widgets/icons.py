@@ -33,6 +33,20 @@ ICON_NAMES = {
     "prev_slice": "mdi6.chevron-down",
     "show_all": "mdi6.eye-outline",
     "hide_all": "mdi6.eye-off-outline",
+    "met": "mdi6.check-circle",
+    "unmet": "mdi6.alert-circle",
+    "changed": "mdi6.circle-medium",
+    "add": "mdi6.plus",
+    "remove": "mdi6.minus",
+    "move_up": "mdi6.arrow-up",
+    "move_down": "mdi6.arrow-down",
+    "template": "mdi6.file-document-outline",
+    "save": "mdi6.content-save-outline",
+    "predict": "mdi6.brain",
+    "goals": "mdi6.format-list-numbered",
+    "optimize": "mdi6.tune-variant",
+    "reoptimize": "mdi6.fire",
+    "revert": "mdi6.history",
 }
 
 
@@ -61,3 +75,9 @@ def set_icon_color(color: str) -> None:
 def icon(name: str) -> QIcon:
     """The icon for role ``name`` (empty icon if unknown or the icon font is unavailable)."""
     return _cached(name, _color)
+
+
+def status_icon(name: str, color: str) -> QIcon:
+    """The icon for role ``name`` in a fixed colour (e.g. a green "met", a red "unmet"),
+    whatever the theme."""
+    return _cached(name, color)
