@@ -38,6 +38,11 @@ HANDLES = ("A", "B")
 #: (value, key, button text) of the three answers, in key order.
 CHOICES = ((AGREE, "1", "Agree"), (DISAGREE, "2", "Disagree"), (CANNOT_JUDGE, "3", "Cannot judge"))
 _MET_COLOR = {True: QColor(40, 170, 80), False: QColor(220, 60, 60)}
+# The chosen answer must stand out at a glance in both themes; the current statement too.
+_CHECKED_STYLE = ("QPushButton:checked { background-color: palette(highlight); color: palette(highlighted-text); "
+                  "font-weight: bold; }")
+_ROW_STYLE = {True: "QFrame#reviewQuestion { border: 2px solid palette(highlight); border-radius: 3px; }",
+              False: "QFrame#reviewQuestion { border: 1px solid palette(mid); border-radius: 3px; }"}
 
 
 def plan_name(handle: str) -> str:
@@ -74,6 +79,7 @@ class _QuestionRow(QFrame):
             b.setCheckable(True)
             b.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # keys belong to the panel, not a button
             b.setToolTip(f"{text} (key {key})")
+            b.setStyleSheet(_CHECKED_STYLE)
             self.group.addButton(b)
             self.buttons[value] = b
             lay.addWidget(b)
@@ -91,8 +97,7 @@ class _QuestionRow(QFrame):
         f = QFont(self.label.font())
         f.setBold(current)
         self.label.setFont(f)
-        self.setFrameShadow(QFrame.Shadow.Sunken if current else QFrame.Shadow.Plain)
-        self.setLineWidth(2 if current else 1)
+        self.setStyleSheet(_ROW_STYLE[bool(current)])
 
 
 class ReviewPanel(QWidget):
@@ -144,8 +149,9 @@ class ReviewPanel(QWidget):
         self.progress_label.setFont(f)
         head.addWidget(self.progress_label)
         self.progress_bar = QProgressBar()
-        self.progress_bar.setMaximumWidth(260)
-        self.progress_bar.setFormat("%v of %m answered")
+        self.progress_bar.setMinimumWidth(200)
+        self.progress_bar.setMaximumWidth(280)
+        self.progress_bar.setFormat("%v of %m cases answered")
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         head.addWidget(self.progress_bar)
