@@ -122,13 +122,15 @@ def test_reviewer_answers_three_cases_quits_and_resumes_at_case_4(qtbot, study):
             qtbot.keyClick(panel.comment_edit if k == 1 else panel, K.Key_Return)
     assert session.position == 3 and panel.progress_label.text().startswith(f"Case 4 of {N_CASES}")
     assert panel.progress_bar.value() == 3
-    _keys(qtbot, panel, [K.Key_3])  # one answer on case 4, then quit
+    _keys(qtbot, panel, [K.Key_3])  # one answer on case 4 and a comment still being typed, then quit
+    panel.set_current(len(panel.rows))
+    qtbot.keyClicks(panel.comment_edit, "unsure")
     window.quit_action.trigger()
     assert session.study is None  # closed: file released
     with ReviewStudy(study_dir, readonly=True) as st:
         for cid, ans in given.items():
             assert st.answers_for("ann", cid) == ans
-        assert st.answers_for("ann", order[3]) == {"acceptable_a": "cannot_judge"}
+        assert st.answers_for("ann", order[3]) == {"acceptable_a": "cannot_judge", "comment": "unsure"}
         assert st.status()["reviewers"]["ann"]["completed"] == 3
         assert st.status()["reviewers"]["bob"]["completed"] == 0
     # reopen: resumes at case 4 with its answer shown, earlier answers kept
