@@ -183,16 +183,24 @@ NORMALIZATION_MAX_DOSE_PCT = 110.0
 
 
 def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: float,
-                         max_dose_limit_gy: float | None) -> float:
-    """Global MU scale ``f`` in [1, :data:`MAX_NORMALIZATION`] that restores unmet P1
-    coverage goals, as clinics normalise a plan, without making any met goal of any
-    priority fail and without exceeding the global maximum-dose limit. 1 when no P1
-    coverage goal is unmet or nothing can be gained."""
+                         max_dose_limit_gy: float | None, targets=None) -> float:
+    """Global MU scale ``f`` in [1, :data:`MAX_NORMALIZATION`] that restores unmet
+    coverage goals, as clinics normalise a plan to the prescription, without making any
+    met goal of any priority fail and without exceeding the global maximum-dose limit.
+
+    Coverage goals are the minimum-dose goals on ``targets`` (structure names) at any
+    priority -- the P1 floor and the P2 protocol aim alike -- or, without ``targets``, the
+    P1 minimum-dose goals. 1 when none is unmet or nothing can be gained."""
     from core.goals.evaluate import evaluate_goals
 
     base = evaluate_goals(goals, dose_gy, masks, voxel_cc)
-    need = [r.goal.dose_gy / r.achieved for r in base
-            if r.goal.priority == 1 and r.goal.kind.is_lower_bound and r.met is False and r.achieved]
+
+    def coverage(g) -> bool:
+        if not g.kind.is_lower_bound:
+            return False
+        return g.structure in targets if targets is not None else g.priority == 1
+
+    need = [r.goal.dose_gy / r.achieved for r in base if coverage(r.goal) and r.met is False and r.achieved]
     if not need:
         return 1.0
     met_before = {i for i, r in enumerate(base) if r.met}
@@ -341,7 +349,8 @@ def plan_patient(patient, site: str | None = None, *, goals=None, options: PlanO
     masks = {n: s.mask for n, s in patient.structures.items()}
     max_rx = max((p.dose_gy for p in patient.prescriptions), default=None)
     hot_limit = max(opt.max_dose_limit_gy, NORMALIZATION_MAX_DOSE_PCT / 100.0 * max_rx) if max_rx else None
-    norm = normalization_factor(goals, final, masks, patient.grid.voxel_volume_cc, hot_limit)
+    norm = normalization_factor(goals, final, masks, patient.grid.voxel_volume_cc, hot_limit,
+                                targets={s.name for s in patient.targets})
     if norm != 1.0:
         final = (final * np.float32(norm)).astype(np.float32)
         deliverable = np.asarray(deliverable) * norm

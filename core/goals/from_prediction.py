@@ -7,7 +7,7 @@ what the given dose reaches on that structure, tightened by the goal's tolerance
     lower-bound goals (min dose, min mean):             value = achieved * (1 + t / 100)
 
 so the planner asks for a little more than predicted. P1 goals (musts) and control goals
-keep the planner's value; so do upper-bound (hot-spot) goals on targets, which are
+keep the planner's value; so do all goals on targets (coverage and hot spots), which are
 protocol values (see :func:`goals_from_prediction`); "as low as possible" goals have no value and are kept as they
 are. The evaluation uses the project's DVH convention (:mod:`core.goals.evaluate`).
 """
@@ -95,14 +95,15 @@ def goals_from_prediction(goals, patient, dose) -> tuple[list, list]:
         raise GeometryError(f"dose {arr.shape} does not match the patient grid {patient.grid.shape}")
     masks = {n: s.mask for n, s in patient.structures.items()}
     out, warnings = goals_from_dose(goals, arr, masks, patient.grid.voxel_volume_cc)
-    # A hot-spot limit on a target is a protocol value, not an anatomy-dependent one: a
-    # prediction (or a reference plan) that under-doses the target would otherwise turn
-    # "PTV70 D20 <= 77 Gy" into a limit below the prescription, contradicting P1 coverage
-    # (seen on OpenKBP pt_201: D20 <= 68.8 Gy against D95 >= 70 Gy).
+    # Target goals are protocol values, not anatomy-dependent ones: a prediction (or a
+    # reference plan) that under-doses the target would otherwise turn "PTV70 D20 <= 77 Gy"
+    # into a limit below the prescription, contradicting coverage (seen on OpenKBP pt_201:
+    # D20 <= 68.8 Gy against D95 >= 70 Gy), and the P2 coverage aim "D95 >= 70 Gy" into
+    # whatever coverage the prediction happened to reach.
     from core.patient import StructureRole
 
     for i, g in enumerate(goals):
         s = patient.structures.get(g.structure)
-        if s is not None and s.role is StructureRole.TARGET and not g.kind.is_lower_bound:
+        if s is not None and s.role is StructureRole.TARGET:
             out[i] = g
     return out, warnings

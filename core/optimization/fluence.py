@@ -27,8 +27,9 @@ higher-priority goal fail. A final level then improves the plan without touching
 and fluence smoothness for delivery. The global maximum dose (default 106 % of the highest
 prescription) is a constraint at every level.
 
-Warm start: levels whose goals are all met are skipped; the final level gets a quarter of
-its iteration budget (it polishes a plan that was already polished).
+Warm start: levels whose goals are all met are skipped; the others get a third of their
+iteration budget and the final level a quarter (they start from a plan that was already
+optimized level by level and polished).
 
 Numerics: the dose is ``A w`` with ``A`` the dose-influence matrix (rows restricted to
 the voxels that matter: every goal structure, everything within ``near_mm`` of a target,
@@ -64,13 +65,15 @@ class OptimizerOptions:
     margin_pct: float = 0.5              # safety margin on met goals held as constraints
     constraint_weight: float = 100.0     # rho: weight of the constraint penalties (x3 per repair)
     max_repairs: int = 4                 # constraint-shift retries before a level's result is rejected
+    repair_maxiter_frac: float = 0.25    # a repair's iteration budget, as a fraction of its level's
+    max_dose_tol_pct: float = 0.9        # the maximum counts as kept up to this much above it (106 -> 106.95 %)
     warmup_maxiter: int = 0              # cold start: weighted pass over all goals before the levels
     normalize_levels: bool = False       # scale each level's objective to 1 at its start (TG-119: P1 then failed)
     shift_repairs: bool = True           # repairs shift violated constraint targets (multiplier-like)
     repair_rho_factor: float = 3.0       # and multiply rho by this
     final_rho_factor: float = 10.0       # rho of the final (conformity / OAR / smoothness) level, x rho
     level_maxiter: int = 300             # L-BFGS-B iterations per priority level
-    final_maxiter: int = 400             # iterations of the final (conformity/OAR/smoothness) level
+    final_maxiter: int = 300             # iterations of the final (conformity/OAR/smoothness) level
     stall_window: int = 15               # a level stops when the objective fell by less than
     stall_rtol: float = 1e-3             # stall_rtol (relative) over the last stall_window iterations
     conformity: FalloffSpec | None = field(default_factory=FalloffSpec)
@@ -231,8 +234,6 @@ def _from_scipy_csr(csr, device):
                                    size=csr.shape, device=device)
 
 
-#: The global maximum dose counts as kept when it is exceeded by less than this (%).
-MAX_DOSE_TOL_PCT = 0.5
 
 
 class _Stop(Exception):
@@ -413,7 +414,7 @@ def _met_value(goal: ClinicalGoal, achieved: float, pct: float) -> bool:
 def _keep_higher_goals(prob, constraints, x0: np.ndarray, x1: np.ndarray, steps: int = 10):
     """Largest ``t`` in [0, 1] (bisection) with every met constraint still met at
     ``x0 + t (x1 - x0)`` and the maximum dose kept; returns ``(t, x)``."""
-    limit = prob.max_dose_gy * (1 + MAX_DOSE_TOL_PCT / 100.0)
+    limit = prob.max_dose_gy * (1 + prob.opts.max_dose_tol_pct / 100.0)
 
     def ok(t):
         xt = x0 + t * (x1 - x0)
@@ -609,7 +610,7 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
             # the final level's objective has no zero to reach: hold the goals more firmly there
             rho0 = opts.constraint_weight * (opts.final_rho_factor if final else 1.0)
             level = _Level(prio, obj, list(cons_values.items()), rho0, final)
-            limit_ok = prob.max_dose_gy * (1 + MAX_DOSE_TOL_PCT / 100.0)
+            limit_ok = prob.max_dose_gy * (1 + opts.max_dose_tol_pct / 100.0)
 
             def done(ach, dmax, obj=obj):
                 # a goal level is done when its goals are met with half the margin to spare
@@ -619,10 +620,13 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                                 and _met_value(prob.terms[i].goal, ach[i], opts.margin_pct / 2) for i, _, _ in obj)
                         and all(is_met(prob.terms[c[0]].goal, ach[c[0]]) for c in constraints if c[2]))
 
-            # a warm start begins from a plan whose final level already ran: polishing it
-            # again gets a quarter of the iterations (the goal levels get their full budget)
+            # a warm start begins next to a plan whose levels all ran: a goal level that is
+            # not yet met there gets a third of its budget (it starts from that level's
+            # compromise, and an edited goal moves it only part of the way), polishing the
+            # final level again a quarter
             final_budget = opts.final_maxiter if warm_start is None else max(20, opts.final_maxiter // 4)
-            budget = final_budget if final else opts.level_maxiter
+            level_budget = opts.level_maxiter if warm_start is None else max(30, opts.level_maxiter // 3)
+            budget = final_budget if final else level_budget
             x_new, nit = run_level(level, x, budget,
                                    done=None if final else done)
             repairs = 0
@@ -633,7 +637,7 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                 worse = [c[0] for c in constraints if not c[2] and prob.terms[c[0]].goal.kind is not GoalKind.ALARA
                          and _worse(prob.terms[c[0]].goal, ach[c[0]], before[c[0]],
                                     opts.unmet_slack_pct / 100.0 * max(abs(before[c[0]]), 1e-3))]
-                hot_gy = prob.max_dose(x_new) - prob.max_dose_gy * (1 + MAX_DOSE_TOL_PCT / 100.0)
+                hot_gy = prob.max_dose(x_new) - prob.max_dose_gy * (1 + opts.max_dose_tol_pct / 100.0)
                 if not broken and not worse and hot_gy <= 0:
                     break
                 if repairs >= opts.max_repairs:
@@ -660,7 +664,7 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                     level.max_dose_shift_gy += hot_gy + opts.margin_pct / 100.0 * prob.max_dose_gy
                 level.constraints = list(cons_values.items())
                 level.rho *= opts.repair_rho_factor
-                x_new, nit2 = run_level(level, x_new, max(20, budget // 3), normalize=False,
+                x_new, nit2 = run_level(level, x_new, max(20, int(budget * opts.repair_maxiter_frac)), normalize=False,
                                         done=None if final else done)
                 nit += nit2
             x = x_new

@@ -9,7 +9,7 @@ Dose-volume goals are not differentiable as such: ``Dx`` is a percentile. We use
 dose-volume idea of Bortfeld, Stein & Preiser (Proc. XIIth ICCR 1997; Wu & Mohan, Med.
 Phys. 27:701, 2000) -- penalise the voxels above the limit that are *not* among the
 hottest x % allowed to be there -- in a continuous form: every voxel's dose is clipped at
-the current ``Dx`` (``torch.quantile``, linear interpolation as ``np.percentile``)::
+the current ``Dx`` (linear interpolation as ``np.percentile``, by selection: :func:`quantile`)::
 
     Dx <= v:   P = mean_i H(min(d_i, Dx) - v)
     Dx >= v:   P = mean_i H(v - max(d_i, Dx))
@@ -87,10 +87,10 @@ def goal_penalty(term: GoalTerm, dose, value: float | None = None):
     if k is GoalKind.MIN_MEAN:
         return _hinge(v - d.mean(), s)
     if k is GoalKind.MAX_DOSE_AT_VOLUME:
-        dq = torch.quantile(d, term.quantile_q())
+        dq = quantile(d, term.quantile_q())
         return _hinge(torch.minimum(d, dq) - v, s).mean()
     if k is GoalKind.MIN_DOSE_AT_VOLUME:
-        dq = torch.quantile(d, term.quantile_q())
+        dq = quantile(d, term.quantile_q())
         return _hinge(v - torch.maximum(d, dq), s).mean()
     if k is GoalKind.MAX_VOLUME_AT_DOSE:
         x = g.dose_gy
@@ -99,6 +99,32 @@ def goal_penalty(term: GoalTerm, dose, value: float | None = None):
         t = torch.topk(d, m + 1).values[m]          # the (m+1)-th hottest voxel
         return _hinge(torch.minimum(d, t) - x, s).mean()
     raise ValueError(f"no penalty for goal kind {k}")
+
+
+def quantile(d, q: float):
+    """``torch.quantile(d, q)`` (linear interpolation, as ``np.percentile``) by selection.
+
+    ``torch.quantile`` sorts the whole vector; the optimizer asks for a quantile of every
+    dose-volume goal at every evaluation, and a sort of a large structure cost about a
+    quarter of the optimization time. The two order statistics around ``q (n - 1)`` are
+    selected (``kthvalue``, or ``topk`` at a hot end), ``O(n)``, and the
+    gradient flows to those voxels, as ``torch.quantile``'s does.
+    """
+    import torch
+
+    n = d.numel()
+    pos = q * (n - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    if n - lo <= 64:
+        # a hot end (D0.03cc, D2): the few largest values, descending
+        top = torch.topk(d, n - lo, largest=True, sorted=True).values
+        a, b = top[n - lo - 1], top[n - hi - 1]
+    else:
+        a = torch.kthvalue(d, lo + 1).values
+        b = torch.kthvalue(d, hi + 1).values if (hi != lo and frac > 0) else a
+    return a + (b - a) * frac if frac > 0 else a
 
 
 def _hinge(excess, s: float):
@@ -115,7 +141,7 @@ def achieved_torch(term: GoalTerm, dose) -> float:
     g = term.goal
     d = dose.index_select(0, term.rows).detach().double()
     if g.kind in (GoalKind.MIN_DOSE_AT_VOLUME, GoalKind.MAX_DOSE_AT_VOLUME):
-        return float(torch.quantile(d, term.quantile_q()))
+        return float(quantile(d, term.quantile_q()))
     if g.kind is GoalKind.MAX_VOLUME_AT_DOSE:
         return float(100.0 * (d >= g.dose_gy).sum() / d.numel())
     return float(d.mean())

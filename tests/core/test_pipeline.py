@@ -163,3 +163,23 @@ def test_normalization_restores_p1_coverage_within_its_bounds():
     ok = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
                                  "volume_pct": 95, "dose_gy": 60.0})
     assert normalization_factor([ok], dose, masks, 0.001, None) == 1.0
+
+
+def test_normalization_restores_p2_target_coverage_when_targets_are_named():
+    from core.pipeline import normalization_factor
+
+    rng = np.random.default_rng(2)
+    target = np.zeros(1000, bool)
+    target[:500] = True
+    dose = np.where(target, rng.uniform(68.0, 71.0, 1000), rng.uniform(10.0, 40.0, 1000)).astype(np.float32)
+    masks = {"PTV": target, "OAR": ~target}
+    floor = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
+                                    "volume_pct": 95, "dose_gy": 66.5})
+    aim = ClinicalGoal.from_dict({"priority": 2, "structure": "PTV", "type": "min_dose_at_volume",
+                                  "volume_pct": 95, "dose_gy": 70.0})
+    # an OAR minimum-dose goal is not coverage: it never drives the normalization
+    oar_min = ClinicalGoal.from_dict({"priority": 2, "structure": "OAR", "type": "min_mean", "dose_gy": 60.0})
+    d95 = np.percentile(dose[target], 5)
+    assert normalization_factor([floor, aim, oar_min], dose, masks, 0.001, None) == 1.0  # P1 floor met
+    f = normalization_factor([floor, aim, oar_min], dose, masks, 0.001, None, targets={"PTV"})
+    assert f == pytest.approx(70.0 / d95, rel=1e-4)
