@@ -210,6 +210,11 @@ class TaskRunner(QObject):
         """Cancel everything and wait for the threads (window close)."""
         self.cancel_all()
         for t in list(self._tasks):
+            # The task's own quit() (in _finish) would arrive through this thread's event
+            # loop, which is blocked here; quit() now makes the thread's exec() return as
+            # soon as the cancelled worker returns.
+            if t.running:
+                t.thread.quit()
             t.wait(ms)
 
     def _on_task_done(self, task: Task) -> None:

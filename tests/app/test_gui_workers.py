@@ -86,3 +86,18 @@ def test_progress_flood_is_throttled(qtbot):
     qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
     assert 1 <= len(seen) < 2000
     assert seen[-1] == pytest.approx(1.0)  # the final report always arrives
+
+
+def test_shutdown_from_the_gui_thread_stops_a_running_task(qtbot):
+    # shutdown() blocks the GUI thread (window close), so the task's own quit(), which goes
+    # through the GUI thread's event loop, never arrives: the worker must end its thread.
+    runner = TaskRunner()
+    task = runner.run("count", _count, 100000)
+    qtbot.waitUntil(lambda: task.running, timeout=5000)
+    t0 = time.monotonic()
+    runner.shutdown(ms=3000)
+    assert time.monotonic() - t0 < 2.5
+    assert task.thread.isFinished()
+    # the queued cancel/done signals still reach the runner afterwards
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
+    assert task.outcome == "cancelled"
