@@ -11,7 +11,7 @@ live here.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Qt, QTimer
+from PySide6.QtCore import QObject, Qt
 
 from widgets.contour_editor import ContourEditor
 from widgets.contour_toolbar import ContourToolbar
@@ -24,10 +24,6 @@ TOOL_ACTIONS = {"": "contour.tool_navigate", "brush": "contour.tool_brush", "era
 class ContouringController(QObject):
     """Handlers ``contouring.*`` and the editor <-> session wiring."""
 
-    #: After the last edit, wait this long before recomputing DVHs (a stroke sequence
-    #: triggers one DVH task, not one per stroke).
-    DVH_DELAY_MS = 800
-
     def __init__(self, workstation):
         super().__init__(workstation)
         self.ws = workstation
@@ -38,16 +34,11 @@ class ContouringController(QObject):
         win.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.toolbar)
         win.viewer.set_editor(self.editor)
         self._drawn: set[str] = set()  # structures made here (not from the patient's files)
-        self._dvh_timer = QTimer(self)
-        self._dvh_timer.setSingleShot(True)
-        self._dvh_timer.setInterval(self.DVH_DELAY_MS)
-        self._dvh_timer.timeout.connect(self._refresh_dvh)
         self.editor.structure_added.connect(self._on_added)
         self.editor.structure_edited.connect(self._on_edited)
         self.editor.message.connect(workstation.notify)
         self.editor.tool_changed.connect(self._sync_tool_actions)
         workstation.session.changed.connect(self._on_session_changed)
-        win.closing.connect(self._dvh_timer.stop)  # no DVH task may start after the runner shut down
 
     def _patient_names(self):
         p = self.ws.session.patient
@@ -104,15 +95,7 @@ class ContouringController(QObject):
         patient = self.ws.session.patient
         self.ws.window.structure_list.set_volumes(
             {n: t.volume_cc(patient.grid) for n, t in patient.structures.items()})
-        self.ws.session.changed.emit(["structures"])  # as the planning controller does for helpers
-        self._dvh_timer.start()
-
-    def _refresh_dvh(self) -> None:
-        # The display controller owns the DVHs; it recomputes them for plan changes and
-        # does not yet listen to structure edits, so ask it directly.
-        start = getattr(self.ws.display, "_start_dvh", None)
-        if start is not None and self.ws.session.has_patient:
-            start()
+        self.ws.session.changed.emit(["structures"])  # the display controller redraws and recomputes DVHs
 
     def _sync_tool_actions(self, tool: str) -> None:
         actions = getattr(self.ws, "actions", None) or {}

@@ -8,7 +8,7 @@ panel. Display-only handlers of the action table (``display.*``) live here too.
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, QTimer
 
 from widgets.dvh_panel import DvhCurve, GoalMarker
 from widgets.viewer_model import StructureLayer
@@ -98,6 +98,15 @@ class DisplayController(QObject):
         workstation.window.planChosen.connect(workstation.session.set_active_plan)
         workstation.window.structure_list.structureActivated.connect(self.centre_on_structure)
         self.model.structuresChanged.connect(self._update_volume_scene)  # 3D follows the visibility list
+        # Structure edits come in bursts (a brush stroke, a set of helper rings): one DVH
+        # recomputation after the burst, not one per edit.
+        self._dvh_timer = QTimer(self)
+        self._dvh_timer.setSingleShot(True)
+        self._dvh_timer.setInterval(self.STRUCTURE_DVH_DELAY_MS)
+        self._dvh_timer.timeout.connect(self._start_dvh_if_patient)
+        workstation.window.closing.connect(self._dvh_timer.stop)  # no task after the runner shut down
+
+    STRUCTURE_DVH_DELAY_MS = 600
 
     # -- session -> widgets ------------------------------------------------------------------
     def _on_session_changed(self, what: list) -> None:
@@ -110,6 +119,9 @@ class DisplayController(QObject):
             win.set_plans([(k, p.label) for k, p in session.plans.items()], session.active_plan)
         if "plans" in what or "patient" in what:
             self._start_dvh()
+        if "structures" in what and "patient" not in what and session.patient is not None:
+            self._sync_structures(session.patient)
+            self._dvh_timer.start()
         if "state" in what or "active_plan" in what:
             active = session.active()
             win.set_status(plan=f"{session.state}" + (f"  ·  shown: {active.label}" if active else ""))
@@ -130,6 +142,28 @@ class DisplayController(QObject):
         self.ws.window.set_status(patient=f"{patient.patient_id}  ·  {g.shape[0]}×{g.shape[1]}×{g.shape[2]}  "
                                           f"{'/'.join(f'{s:.2g}' for s in g.spacing_mm)} mm")
         self.ws.window.setWindowTitle(f"OpenATP — {patient.patient_id}")
+
+    def _sync_structures(self, patient) -> None:
+        """Show structures the patient gained (helper rings, drawn patches) and drop the
+        layers of those it lost; layers already shown keep their visibility. A layer that is
+        being drawn and is still empty is not in the patient yet and stays."""
+        layers = dict(self.model.structures)
+        changed = False
+        for s in patient.structures.values():
+            if not s.is_empty and s.name not in layers:
+                layers[s.name] = StructureLayer(s.name, s.mask, tuple(s.color), True, s.role.value)
+                changed = True
+        for name, layer in list(layers.items()):
+            if name not in patient.structures and layer.mask.any():
+                del layers[name]
+                changed = True
+        if changed:
+            self.model.set_structures(layers.values())
+        self.ws.window.structure_list.set_volumes({s.name: s.volume_cc(patient.grid) for s in patient.structures.values()})
+
+    def _start_dvh_if_patient(self) -> None:
+        if self.ws.session.has_patient:
+            self._start_dvh()
 
     def _show_active_dose(self) -> None:
         session = self.ws.session

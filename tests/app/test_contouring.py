@@ -113,3 +113,24 @@ def test_editing_a_patient_structure_updates_it_in_place_of_its_mask(qtbot, work
     np.testing.assert_array_equal(patient.structures["PTV"].mask, before)
     with pytest.raises(InputError):
         ed.new_structure("body")
+
+
+def test_structures_added_by_a_controller_are_shown_and_get_dvhs(qtbot, workstation):
+    # Helper rings made by "Build goals" reach the patient outside the contouring tools;
+    # the display follows the session's "structures" change: layer, volume, DVH curve.
+    from core.patient import Structure, StructureRole
+
+    ws = workstation
+    ws.session.set_patient(phantom_patient())
+    qtbot.waitUntil(lambda: not ws.runner.busy, timeout=10000)
+    patient = ws.session.patient
+    ring = np.zeros(patient.grid.shape, bool)
+    ring[2:4, 2:6, 2:6] = True
+    patient.add_structure(Structure("Ring_test", ring, StructureRole.HELPER, (200, 200, 0)))
+    ws.session.changed.emit(["structures"])
+    assert "Ring_test" in ws.viewer_model.structures
+    assert ws.viewer_model.structures["Ring_test"].visible
+    # the layer of a structure removed from the patient goes too
+    del patient.structures["Ring_test"]
+    ws.session.changed.emit(["structures"])
+    assert "Ring_test" not in ws.viewer_model.structures
