@@ -73,16 +73,19 @@ def _tighten(goal, pct=10.0):
     return goal.with_value(goal.value * (1 + pct / 100 if goal.kind.is_lower_bound else 1 - pct / 100))
 
 
-def _plan(patient, goals, dij, device, warm_goal_index):
-    from core.optimization.fluence import optimize_plan
+def _plan(patient, goals, dij, device, warm_goal_index, site=None):
+    from core.optimization.fluence import OptimizerOptions, optimize_plan
+    from core.pipeline import SITE_OPTIMIZER_OPTIONS
 
+    # the options the pipeline (openatp plan) uses for this site
+    opts = OptimizerOptions(**SITE_OPTIMIZER_OPTIONS.get(site, {}))
     t = time.perf_counter()
-    cold = optimize_plan(patient, goals, dij, device=device)
+    cold = optimize_plan(patient, goals, dij, device=device, options=opts)
     t_cold = time.perf_counter() - t
     goals2 = list(goals)
     goals2[warm_goal_index] = _tighten(goals[warm_goal_index])
     t = time.perf_counter()
-    warm = optimize_plan(patient, goals2, dij, device=device, warm_start=cold)
+    warm = optimize_plan(patient, goals2, dij, device=device, warm_start=cold, options=opts)
     t_warm = time.perf_counter() - t
     return cold, warm, goals2, t_cold, t_warm
 
@@ -99,7 +102,7 @@ def bench_tg119(args) -> dict:
     beams = load_beams("imrt9")
     dij, t_dij = _influence(args, "tg119", patient, beams, args.dose_grid_mm)
     core_goal = [i for i, g in enumerate(goals) if g.structure == "Core"][0]
-    cold, warm, goals2, t_cold, t_warm = _plan(patient, goals, dij, args.device, core_goal)
+    cold, warm, goals2, t_cold, t_warm = _plan(patient, goals, dij, args.device, core_goal, site="tg119")
 
     ref = np.load(SHARED / "tg119" / "pyradplan_reference.npz")
     ref_dose = ref["dose_pyradplan_gy"]
