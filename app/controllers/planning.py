@@ -84,13 +84,14 @@ def goals_task(patient, site=None, predicted=None, predict: bool = True, progres
     return goals, pred_step
 
 
-def optimize_task(patient, goals, site=None, dij=None, warm_start=None, predicted=None, progress=None, cancel=None):
+def optimize_task(patient, goals, site=None, dij=None, warm_start=None, predicted=None, options=None,
+                  progress=None, cancel=None):
     """Worker body: :func:`core.planning_steps.optimize_step` (cold without ``warm_start``)."""
     from core.pipeline import PlanOptions
     from core.planning_steps import optimize_step
 
     return optimize_step(patient, goals, site=site, dij=dij, warm_start=warm_start, predicted=predicted,
-                         options=PlanOptions(device="auto"), progress=progress, cancel=cancel)
+                         options=options or PlanOptions(device="auto"), progress=progress, cancel=cancel)
 
 
 def dose_of(result):
@@ -113,11 +114,16 @@ def _values_of(goal_results) -> dict:
 
 
 class PlanningController(QObject):
-    """Handlers ``planning.*`` of the action table, and goal table <-> session."""
+    """Handlers ``planning.*`` of the action table, and goal table <-> session.
+
+    ``plan_options`` (:class:`core.pipeline.PlanOptions` or ``None`` for the defaults) are
+    the beams, grids and device the Optimize steps use.
+    """
 
     def __init__(self, workstation):
         super().__init__(workstation)
         self.ws = workstation
+        self.plan_options = None
         self._syncing = False
         self.table = getattr(workstation.window, "goal_table", None)
         workstation.session.changed.connect(self._on_session_changed)
@@ -191,7 +197,7 @@ class PlanningController(QObject):
         warm_start = session.optimization if warm else None
         session.set_state("re-optimizing (warm)…" if warm else "optimizing…")
         return self.ws.runner.run("Re-optimizing (warm)" if warm else "Optimizing", optimize_task, session.patient,
-                                  goals, session.site, session.dij, warm_start, session.predicted,
+                                  goals, session.site, session.dij, warm_start, session.predicted, self.plan_options,
                                   on_success=self._on_optimized, on_failure=self._failed(f"{label} failed"),
                                   on_cancel=self._on_optimize_cancelled)
 

@@ -185,3 +185,33 @@ def test_optimize_without_goals_is_a_message_not_a_crash(qtbot, loaded):
     assert ws.planning.optimize() is None
     assert ws.errors and "no goals" in str(ws.errors[-1])
     assert ws.session.history == [] and not ws.runner.busy
+
+
+def test_demo_patient_predict_goals_optimize_through_the_workers(qtbot, workstation, demo_case):
+    """The real demo case (OpenKBP pt_201, 128^3) through Predict -> Build goals -> Optimize.
+
+    A coarse dose grid (9 mm) and 10 mm beamlets keep the optimization to seconds on one
+    thread; what is checked is the flow on real data: the model's prediction reaches the goal
+    table, the goals are personalised from it, and the optimized plan's achieved values and
+    verdicts come back to the session.
+    """
+    from core.pipeline import PlanOptions
+
+    ws = workstation
+    ws.patients.load(str(demo_case))
+    qtbot.waitUntil(lambda: ws.session.has_patient and not ws.runner.busy, timeout=30000)
+    _run(qtbot, ws, ws.planning.predict(), timeout=60000)
+    assert ws.session.predicted is not None
+    _run(qtbot, ws, ws.planning.build_goals(), timeout=60000)
+    goals = ws.session.goals
+    assert any(g.priority == 1 and g.structure == "PTV70" for g in goals)
+    assert any("from dose" in (g.note or "") for g in goals)   # personalised by the prediction
+    ws.planning.plan_options = PlanOptions(device="cpu", dose_grid_mm=9.0, beamlet_mm=10.0)
+    _run(qtbot, ws, ws.planning.optimize(), timeout=300000)
+    assert ws.session.optimization is not None and ws.session.dij is not None
+    assert len(ws.session.plans) >= 2                            # reference + the new plan
+    table = ws.window.goal_table
+    n = len(table.goals())
+    assert all(table.model.achieved(r) is not None for r in range(n))   # every goal got its value
+    assert all(table.model.predicted(r) is not None for r in range(n) if table.goals()[r].structure in
+               ws.session.patient.structures and not table.goals()[r].structure.startswith("Ring"))
