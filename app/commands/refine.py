@@ -4,7 +4,8 @@ Reads the folder written by ``openatp plan`` (its ``plan_state.npz``: fluence, b
 goals, and the dose-influence matrix when planned with ``--keep-dij``; without it the
 matrix is recomputed for the same beamlets), optionally adds a hot patch (voxels above
 ``--patch-hot`` % of the prescription outside the targets on the plan's dose) with a
-near-max goal, refines in warm-started rounds (:mod:`core.optimization.refine`) and
+near-max goal, refines in warm-started rounds (:mod:`core.optimization.refine`; with a
+patch only the patch goal is pushed and every other goal held, unless ``--all-goals``) and
 writes the same outputs as ``openatp plan`` plus ``refine_log.json``, ``helper_rules.json``
 (when a patch was made) and ``history/`` (the plan and the refined plan as versions).
 """
@@ -32,13 +33,15 @@ def register(subparsers) -> None:
                    help="add a hot patch: voxels at >= PCT %% of the prescription outside the targets")
     p.add_argument("--patch-goal", type=float, default=None, metavar="PCT",
                    help="the patch's near-max (0.03 cc) goal in %% of the prescription (default: PCT of --patch-hot)")
-    p.add_argument("--patch-margin", type=float, default=5.0, metavar="MM",
-                   help="the patch stays this far outside the targets (default 5 mm: the fall-off next to a "
+    p.add_argument("--patch-margin", type=float, default=10.0, metavar="MM",
+                   help="the patch stays this far outside the targets (default 10 mm: the fall-off next to a "
                         "target is not a hot spot)")
     p.add_argument("--patch-min-cc", type=float, default=0.1, metavar="CC",
                    help="drop patch parts smaller than this (default 0.1 cc)")
     p.add_argument("--patch-region", default=None, metavar="STRUCTURE", help="only inside this structure")
     p.add_argument("--patch-priority", type=int, default=2, metavar="P", help="priority of the patch goal (default 2)")
+    p.add_argument("--all-goals", action="store_true",
+                   help="with a patch, refine every goal too (default: only the patch goal moves, the rest is held)")
     p.add_argument("--rounds", type=int, default=4, metavar="N", help="at most N refinement rounds (default 4)")
     p.add_argument("--keep-dij", action="store_true", help="store the dose-influence matrix in the output")
     add_device(p)
@@ -157,8 +160,9 @@ def run(args) -> int:
 
     site_opts = SITE_OPTIMIZER_OPTIONS.get(site or "")
     opt_opts = OptimizerOptions(**site_opts) if site_opts else None
+    focus = {patch_info["name"]} if patch_info is not None and not args.all_goals else None
     refined = refine_plan(patient, goals, dij, state.weights_mu, options=RefineOptions(max_rounds=args.rounds),
-                          optimizer_options=opt_opts, device=device,
+                          optimizer_options=opt_opts, focus=focus, device=device,
                           progress=progress.stage(0.0, 0.9, "refine") if progress else None)
     result = refined_plan_result(patient, site, goals, dij, refined, optimizer_options=opt_opts, load_s=load_s,
                                  timings_s={"dose_matrix": dij_s, "optimize": refined.timings_s["optimize"]},

@@ -1,39 +1,49 @@
 """Iterative per-patient refinement: adjust goal values, re-optimize warm, keep the best plan.
 
 An automated plan is a starting point. After it, every goal is checked against the
-planner's goal list (the **clinical** goals, whose values never change here):
+planner's goal list (the **clinical** goals, whose values never change here), and each
+round adjusts the values the optimizer aims at (the **working** goals) of **one priority
+level**, the levels taken in turn from the highest (so the optimizer re-runs that level
+only: every other goal is held and its level skipped). At that level:
 
 * an **unmet** goal is aimed past its value by its shortfall (a maximum 8 Gy over its
   limit is aimed 8 Gy under it; a coverage 1 Gy short is aimed 1 Gy over), at most
-  ``max_push_pct`` % beyond the value;
-* an **OAR goal met with room to spare** (more than ``spare_pct`` % under its value,
-  priority 2 or lower) is aimed ``step_pct`` % under what it achieved, so the optimizer
-  spends the room on sparing it further. Met P1 limits are hard limits, never pushed
-  (the templates carry a lower-priority copy of each, which is);
-* a goal aimed past its value that **stops improving** is loosened back to its value and
-  left alone (it costs the others and gains nothing); a coverage goal that became met
-  is loosened back too;
-* every other met OAR goal is **held** at what it achieved (plus ``tolerance_pct``), so
-  the optimizer cannot pay for a patch or a pushed organ with an organ that had room.
+  ``max_push_pct`` % beyond the value, and further each round it improves;
+* an **OAR goal met with room** (more than ``spare_pct`` % of its value; priority 2 or
+  lower) is aimed ``step_pct`` % under what it achieved, so the optimizer spends the
+  room on sparing it further. Met P1 limits are hard limits, never pushed (the templates
+  carry a lower-priority copy of each, which is).
 
-The **working** goals (the adjusted values, priorities unchanged: the optimizer is
-lexicographic, so a priority is what weight is to a weighted-sum optimizer) are then
-re-optimized with :func:`core.optimization.fluence.optimize_plan` from the current best
-fluence (warm start, the same dose-influence matrix). A round's plan is accepted only if,
-judged on the clinical goals:
+Every goal not pushed in a round is **held** at what it achieved (a met OAR goal, so
+pushing the others cannot buy their gains with it; an unmet goal, so it stays where it
+is): a goal of the round's level or above as a constraint sitting at that value, a goal
+below it give or take ``tolerance_pct``, so its level is skipped unless the round moved
+it further, and then re-run to bring it back (see :func:`_hold`). ``focus`` limits the pushes to goals on some structures (a new patch: only its goal
+moves). Priorities are
+not changed: the optimizer is lexicographic, so a priority is what a weight is to a
+weighted-sum optimizer, and moving a goal between levels would change what it may cost.
+
+Each round re-optimizes with :func:`core.optimization.fluence.optimize_plan` from the
+current best fluence (warm start, the same dose-influence matrix). Its plan is accepted
+only if, judged on the clinical goals:
 
 1. every P1 goal met by the best plan is still met (never traded), and no goal of any
    priority goes from met to unmet;
-2. no unmet goal is worse than in the best plan by more than ``tolerance_pct`` % of its
-   value (0.05 Gy / 0.05 % at least), and no OAR goal is worse than in the *first* plan
-   by more than that, so tolerances cannot add up over rounds (a met target goal may
-   spend its room: a D95 of 50.4 Gy against 50 Gy may become 50.1 Gy);
+2. no OAR goal, and no unmet goal of the round's level or above, is worse than in the
+   best plan, or than in the *first* plan, by more than ``tolerance_pct`` % of its value
+   (0.05 Gy / 0.05 % at least), so tolerances cannot add up over rounds. A met target
+   goal may spend its room (a D95 of 50.4 Gy against 50 Gy may become 50.1 Gy), and an
+   unmet goal of a lower priority that is no OAR goal (a ring, say) may pay for a higher
+   one, as priorities mean;
 3. at least one goal improved by ``min_gain_pct`` % of its value (0.05 Gy at least).
 
-A rejected round halves the steps of the goals it changed and tries again; refinement
-stops when a round improves no goal, after two rejections in a row, when nothing is
-left to adjust, or after ``max_rounds``. Every round is logged (what changed, which goals
-moved, timings). Cancel keeps the best plan (:class:`~core.errors.Cancelled` carries it).
+A rejected round halves the steps of the goals it pushed (their level comes again after
+the others); a second rejection in a row at a level, or a round that improves nothing,
+gives those goals up (aimed at their own value again, then held), as does an accepted
+round that twice in a row did not improve a goal it pushed. Refinement stops when no goal
+is left that can improve, or after ``max_rounds``. Every round is logged (level, what
+changed, what was held, which goals moved, timings).
+Cancel keeps the best plan (:class:`~core.errors.Cancelled` carries it).
 """
 
 from __future__ import annotations
@@ -59,7 +69,7 @@ class RefineOptions:
     max_push_pct: float = 25.0      # never aim more than this % beyond a goal's value
     min_gain_pct: float = 0.5       # a goal "improved" by at least this % of its value
     tolerance_pct: float = 0.5      # a goal may get this much worse (% of its value) in an accepted round
-    hold_oars: bool = True          # OAR goals not pushed are held at what they achieved (+ tolerance)
+    hold_oars: bool = True          # met OAR goals not pushed are held at what they achieved
     level_maxiter: int | None = 150  # optimizer iterations per priority level in a round (None: the optimizer's)
     final_maxiter: int | None = None  # final-level budget of a round (None: the optimizer's, a quarter when warm)
 
@@ -211,8 +221,13 @@ def _evaluate(patient, goals, dose) -> list[GoalResult]:
     return evaluate_goals(goals, dose, masks, patient.grid.voxel_volume_cc)
 
 
-def _judge(goals, best: list, cand: list, first: list, oar: set, opts: RefineOptions) -> tuple[bool, str, list]:
-    """Accept ``cand`` over ``best``? Returns (accepted, reason, indices of goals that improved)."""
+def _judge(goals, best: list, cand: list, first: list, oar: set, opts: RefineOptions,
+           level: int | None = None) -> tuple[bool, str, list]:
+    """Accept ``cand`` (a round that pushed priority ``level``) over ``best``?
+
+    Returns (accepted, reason, indices of the goals that improved). Goals below ``level``
+    that are neither OAR goals nor met may pay for it, as their priority says.
+    """
     broken_p1 = [b.goal.label for b, c in zip(best, cand) if b.goal.priority == 1 and b.met and not c.met]
     if broken_p1:
         return False, f"would break met P1 goal(s): {'; '.join(broken_p1)}", []
@@ -225,9 +240,14 @@ def _judge(goals, best: list, cand: list, first: list, oar: set, opts: RefineOpt
         if b.achieved is None or c.achieved is None or g.kind is GoalKind.ALARA:
             continue
         tol = _amount(g, opts.tolerance_pct)
-        if not b.met and _gain(g, b.achieved, c.achieved) < -tol:
+        oar_goal = g.structure in oar and _is_upper(g)
+        if b.met and not oar_goal:
+            continue                           # a met target goal may spend its room
+        if not oar_goal and level is not None and g.priority > level:
+            continue                           # an unmet lower-priority goal: its priority lets it pay
+        if _gain(g, b.achieved, c.achieved) < -tol:
             worse.append(f"{g.label} ({b.achieved:.2f} -> {c.achieved:.2f})")
-        elif g.structure in oar and _is_upper(g) and _gain(g, f.achieved, c.achieved) < -tol:
+        elif f.achieved is not None and _gain(g, f.achieved, c.achieved) < -tol:
             worse.append(f"{g.label} (first plan {f.achieved:.2f} -> {c.achieved:.2f})")
     improved = [i for i, (b, c) in enumerate(zip(best, cand))
                 if b.goal.kind is not GoalKind.ALARA and b.achieved is not None and c.achieved is not None
@@ -239,52 +259,91 @@ def _judge(goals, best: list, cand: list, first: list, oar: set, opts: RefineOpt
     return True, "accepted", improved
 
 
-def _propose(goals, working, best_res, first_res, step, frozen, oar, opts):
-    """The next round's working goals: ``(cand, changes, holds)`` (see the module docstring)."""
+def _hold(g: ClinicalGoal, r: GoalResult, cur: float, level: int, oar: set, opts: RefineOptions,
+          margin_pct: float) -> float | None:
+    """The value a goal nobody pushes this round is held at, or None to leave it as it is.
+
+    The optimizer holds a goal of the round's level or above as a constraint at its value
+    tightened by its margin (``margin_pct``), so such a goal is aimed at
+    ``achieved / (1 -+ margin)``: the constraint then sits exactly at what it achieved. A
+    goal below the round's level is no constraint there: it is aimed at what it achieved
+    give or take ``tolerance_pct``, so its level is skipped unless the round moved it by
+    more than the judge allows, and then re-run to bring it back.
+
+    Held so: every met OAR goal (pushing the others cannot buy their gains with it) and
+    every unmet goal. Met target goals keep their own value (they only have to stay met).
+    """
+    if g.kind is GoalKind.ALARA or r.met is None:
+        return None
+    upper = _is_upper(g)
+    if r.met and not (opts.hold_oars and upper and g.structure in oar):
+        if g.kind.is_lower_bound and cur != g.value:
+            return g.value                     # a coverage goal pushed while unmet: back to its value
+        return None
+    m = margin_pct / 100.0
+    if g.priority <= level:
+        h = r.achieved / (1 - m) if upper else r.achieved / (1 + m)
+    else:
+        tol = _amount(g, opts.tolerance_pct)
+        h = r.achieved + tol if upper else r.achieved - tol
+    if r.met:
+        h = min(h, g.value)                    # never looser than the goal itself
+    return h if abs(h - cur) > 1e-6 else None
+
+
+def _pushable(goals, best_res, first_res, frozen, oar, opts, focus) -> dict:
+    """Priority -> indices of the goals a round at that priority may push: unmet goals
+    not given up, and OAR goals (priority 2 or lower) met with more than ``spare_pct`` %
+    to spare; only goals on ``focus`` structures when given."""
+    out: dict = {}
+    for i, (g, r) in enumerate(zip(goals, best_res)):
+        if i in frozen or g.kind is GoalKind.ALARA or r.met is None or (focus is not None and g.structure not in focus):
+            continue
+        spare = (r.met and _is_upper(g) and g.structure in oar and g.priority >= 2
+                 and g.value - r.achieved > _amount(g, opts.spare_pct))
+        if not r.met or spare:
+            out.setdefault(g.priority, []).append(i)
+    return out
+
+
+def _propose(goals, working, best_res, first_res, step, push, level, oar, opts, margin_pct):
+    """The next round's working goals: ``(cand, changes, holds)``.
+
+    The goals in ``push`` are pushed: an unmet one aimed past its value by its shortfall
+    (scaled by its step), a met OAR goal with room ``step`` % under what it achieved.
+    Every other goal is held (:func:`_hold`).
+    """
     cand = list(working)
     changes, holds = [], []
     for i, (g, r) in enumerate(zip(goals, best_res)):
-        if g.kind is GoalKind.ALARA or r.met is None:
-            continue
         cur = working[i].value
-        v = why = None
-        if i in frozen:
-            pass
-        elif not r.met:
-            gap = abs(r.achieved - g.value) * step[i] / opts.step_pct
-            cap = _amount(g, opts.max_push_pct)
-            if _is_upper(g):
-                v = max(min(cur, g.value) - gap, g.value - cap)
+        if i in push:
+            if not r.met:
+                gap = abs(r.achieved - g.value) * step[i] / opts.step_pct
+                cap = _amount(g, opts.max_push_pct)
+                if _is_upper(g):
+                    v = max(min(cur, g.value) - gap, g.value - cap)
+                else:
+                    v = min(max(cur, g.value) + gap, g.value + cap)
+                why = f"unmet ({r.achieved:.2f}): aimed past its value by the shortfall"
             else:
-                v = min(max(cur, g.value) + gap, g.value + cap)
-            why = "unmet: aimed past its value by the shortfall"
-        elif g.kind.is_lower_bound:
-            if cur != g.value:
-                v, why = g.value, "met: loosened back to its value"
-        elif g.structure in oar and g.priority >= 2 and g.value - r.achieved > _amount(g, opts.spare_pct):
-            push = max(abs(r.achieved) * step[i] / 100.0, _floor(g))
-            v = max(r.achieved - push, first_res[i].achieved * (1 - opts.max_push_pct / 100.0))
-            why = f"met with {g.value - r.achieved:.2f} {g.unit} to spare: aimed {step[i]:g} % under {r.achieved:.2f}"
-            if v >= cur - 1e-6:
-                v = None
-        if v is None:
-            if opts.hold_oars and r.met and _is_upper(g) and g.structure in oar:
-                # an OAR goal nobody pushes is held where it is, so that pushing the others
-                # cannot buy their gains with it (the optimizer holds a met goal at its value)
-                h = min(g.value, r.achieved + _amount(g, opts.tolerance_pct))
-                if h < cur - 1e-6:
-                    cand[i] = _aim(g, h)
-                    holds.append({"goal": g.label, "from": _r(cur), "to": cand[i].value})
-            continue
-        if abs(v - cur) < 1e-6:
-            continue
-        cand[i] = _aim(g, v)
-        changes.append({"goal": g.label, "from": _r(cur), "to": cand[i].value, "why": why, "index": i})
+                by = max(abs(r.achieved) * step[i] / 100.0, _floor(g))
+                v = max(r.achieved - by, first_res[i].achieved * (1 - opts.max_push_pct / 100.0))
+                why = (f"met with {g.value - r.achieved:.2f} {g.unit} to spare: "
+                       f"aimed {step[i]:g} % under {r.achieved:.2f}")
+            if abs(v - cur) > 1e-6:
+                cand[i] = _aim(g, v)
+                changes.append({"goal": g.label, "from": _r(cur), "to": cand[i].value, "why": why, "index": i})
+                continue
+        h = _hold(g, r, cur, level, oar, opts, margin_pct)
+        if h is not None:
+            cand[i] = _aim(g, h)
+            holds.append({"goal": g.label, "from": _r(cur), "to": cand[i].value})
     return cand, changes, holds
 
 
 def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | None = None,
-                optimizer_options=None, device=None, progress=None, cancel=None) -> RefineResult:
+                optimizer_options=None, focus=None, device=None, progress=None, cancel=None) -> RefineResult:
     """Refine a plan by rounds of goal-value adjustments and warm re-optimization.
 
     Parameters
@@ -300,6 +359,8 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
     optimizer_options : core.optimization.fluence.OptimizerOptions, optional
         The plan's optimizer settings (``level_maxiter`` / ``final_maxiter`` are replaced
         by the RefineOptions' when those are set).
+    focus : iterable of str, optional
+        Push only goals on these structures (e.g. a new patch); every other goal is held.
     device : str or torch.device, optional
     progress, cancel : see :mod:`core.progress`
 
@@ -333,6 +394,11 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
         raise InputError(f"the plan's fluence has {w0.size} beamlets, the dose matrix {dij.n_beamlets}: "
                          "they belong to different plans")
     oar = {n for n, s in patient.structures.items() if s.role is StructureRole.OAR}
+    if focus is not None:
+        focus = set(focus)
+        unknown = sorted(focus - set(patient.structures))
+        if unknown:
+            raise InputError(f"refinement focus: no structure named {', '.join(unknown)}")
 
     best_w = w0
     best_dose = _dose_of(patient, dij, w0)
@@ -345,7 +411,8 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
     frozen: set = set()                    # goals left alone (stalled, or their steps ran out)
     pushes_without_gain: dict = {}
     rounds: list = []
-    rejections = 0
+    rejections: dict = {}                  # priority -> rejections in a row
+    last_level = None
     stop = "the round limit was reached"
     t_opt = 0.0
     warnings: list = []
@@ -356,15 +423,28 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
                             warnings, first_dose)
 
     report(progress, 0, 1, "refinement: first plan evaluated")
-    for rnd in range(1, opts.max_rounds + 1):
+    rnd = 0
+    while rnd < opts.max_rounds:
         if cancel is not None and cancel.cancelled:
             stop = "cancelled"
             raise Cancelled(result=result(True))
         # -- propose -------------------------------------------------------------------
-        cand, changes, holds = _propose(goals, working, best_res, first_res, step, frozen, oar, opts)
-        if not changes:
-            stop = "no goal left to adjust"
+        pushable = _pushable(goals, best_res, first_res, frozen, oar, opts, focus)
+        if not pushable:
+            stop = "no goal left that can improve"
             break
+        # one priority level per round, in turn from the highest: the optimizer then runs
+        # that level only (every other goal is held, so the other levels are skipped)
+        levels = sorted(pushable)
+        level = next((p for p in levels if last_level is None or p > last_level), levels[0])
+        last_level = level
+        cand, changes, holds = _propose(goals, working, best_res, first_res, step, set(pushable[level]), level,
+                                        oar, opts, opt_opts.margin_pct)
+        phase = f"P{level}"
+        if not changes:
+            frozen.update(pushable[level])     # nothing to move there any more
+            continue
+        rnd += 1
         # -- re-optimize warm ------------------------------------------------------------
         tr = time.perf_counter()
         stage = progress.stage((rnd - 1) / opts.max_rounds, rnd / opts.max_rounds, f"refine round {rnd}") \
@@ -377,13 +457,13 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
             raise Cancelled(result=result(True)) from None
         t_opt += res.timings_s.get("total", 0.0)
         cand_res = _evaluate(patient, goals, res.dose_gy)
-        ok, reason, improved = _judge(goals, best_res, cand_res, first_res, oar, opts)
+        ok, reason, improved = _judge(goals, best_res, cand_res, first_res, oar, opts, level)
         moved = [{"goal": goals[i].label, "from": _r(b.achieved), "to": _r(c.achieved),
                   "better_by": _better_by(goals[i], b.achieved, c.achieved)}
                  for i, (b, c) in enumerate(zip(best_res, cand_res))
                  if b.achieved is not None and c.achieved is not None
                  and abs(c.achieved - b.achieved) >= _floor(goals[i])]
-        rounds.append({"round": rnd, "accepted": ok, "reason": reason,
+        rounds.append({"round": rnd, "phase": phase, "accepted": ok, "reason": reason,
                        "changes": [{k: v for k, v in c.items() if k != "index"} for c in changes],
                        "held": holds,
                        "moved": moved, "improved": [goals[i].label for i in improved],
@@ -393,33 +473,31 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
                                      "prepare": round(res.timings_s.get("prepare", 0.0), 3),
                                      "round": round(time.perf_counter() - tr, 3)}})
         changed = {c["index"] for c in changes}
+        given_up = []
         if ok:
-            loosened = []
             for i in changed:
                 if i in improved:
                     pushes_without_gain.pop(i, None)
-                elif cand[i].value != goals[i].value:
+                else:
                     pushes_without_gain[i] = pushes_without_gain.get(i, 0) + 1
                     if pushes_without_gain[i] >= 2:
-                        # aimed past its value twice and nothing came of it: loosen, leave it
-                        cand[i] = goals[i]
-                        frozen.add(i)
-                        loosened.append(goals[i].label)
-            rounds[-1]["loosened"] = loosened
+                        given_up.append(i)     # pushed twice and nothing came of it
             best_w, best_dose, best_res, best_opt, working = res.weights, res.dose_gy, cand_res, res, cand
-            rejections = 0
+            rejections[level] = 0
         else:
-            if reason == "no goal improved":
-                stop = "a round improved no goal"
-                break
-            rejections += 1
-            for i in changed:
-                step[i] /= 2.0
-                if step[i] < opts.step_pct / 8:
-                    frozen.add(i)
-            if rejections >= 2:
-                stop = "two rounds in a row were rejected"
-                break
+            rejections[level] = rejections.get(level, 0) + 1
+            if reason == "no goal improved" or rejections[level] >= 2:
+                # these goals cannot move without a cost the judge refuses: give them up
+                given_up.extend(changed)
+                rejections[level] = 0
+            else:
+                for i in changed:
+                    step[i] /= 2.0
+        for i in given_up:
+            frozen.add(i)
+        # a goal given up is aimed at its own value again (the next round holds it)
+        working = [goals[i] if i in given_up else w for i, w in enumerate(working)]
+        rounds[-1]["given_up"] = [goals[i].label for i in sorted(set(given_up))]
         report(progress, rnd, opts.max_rounds, f"refine round {rnd}: {'accepted' if ok else 'rejected'}")
     report(progress, 1, 1, "refinement done")
     return result()

@@ -64,8 +64,11 @@ def test_refinement_keeps_p1_and_improves_or_keeps_every_oar_goal(toy):
     assert res.goals == GOALS and res.working_goals[2].value < 30.0
     log = res.to_log()
     r1 = log["rounds"][0]
-    assert {"round", "accepted", "reason", "changes", "moved", "held", "timings_s"} <= set(r1)
-    assert any(c["goal"] == "P3 Core mean <= 30 Gy" for c in r1["changes"])
+    assert {"round", "phase", "accepted", "reason", "changes", "moved", "held", "timings_s"} <= set(r1)
+    # one priority level per round, the highest first; the other level's goal is held
+    assert [r["phase"] for r in log["rounds"]][:2] == ["P2", "P3"]
+    assert [c["goal"] for c in r1["changes"]] == ["P2 Core D10 <= 35 Gy"]
+    assert any(c["goal"] == "P3 Core mean <= 30 Gy" for c in log["rounds"][1]["changes"])
     assert r1["warm_start"] and r1["timings_s"]["optimize"] > 0
     # the returned dose is the returned fluence's
     assert np.allclose(res.dose_gy, dij.dose_on_grid(res.weights), atol=1e-4)
