@@ -1,11 +1,12 @@
 # make run  : create .venv if missing, install, run the main job on the bundled demo patient
 # make test : create .venv if missing, install, run the whole test suite
+# make package: the .deb and tarball installers in dist/ (packaging/README.md)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.openatp-installed
 DEMO   := resources/demo/pt_demo.npz
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean package
 
 install: $(STAMP)
 
@@ -36,6 +37,11 @@ bench: $(STAMP)
 	$(PY) bench/optimizer.py
 	$(PY) bench/prediction.py
 	$(PY) bench/gui.py
+
+# The Linux installer (.deb + relocatable tarball in dist/), from the wheel, in its own build venv
+# (packaging/.venv-build); not part of `make test`. Details and options: packaging/README.md.
+package:
+	packaging/build_linux.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

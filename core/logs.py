@@ -156,31 +156,31 @@ def setup_logging(role: str = "cli", level: int | None = None) -> Path | None:
     mode = os.environ.get(ENV_LOG, "").strip().lower()
     if mode in ("off", "0", "no", "false"):
         return None
-    existing = log_file()
-    if existing is not None:
+    if any(getattr(h, _HANDLER_FLAG, False) for h in logging.getLogger().handlers):
         log.info("%s started in the same process", role)
-        return existing
+        return log_file()  # set up before (None: without a file, which was said then)
     level = level if level is not None else (logging.DEBUG if mode == "debug" else logging.INFO)
     root = logging.getLogger()
-    try:
-        path = user_subdir("logs") / LOG_NAME
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS,
-                                                       encoding="utf-8")
-    except Exception as exc:  # noqa: BLE001 - no log must never stop the program
-        # Say it once on stderr: IT should learn the home folder is read-only.
-        print(f"openatp: warning: no log file ({exc})", file=sys.stderr)
-        return None
-    handler.setFormatter(logging.Formatter(_FORMAT))
-    handler.setLevel(level)
-    setattr(handler, _HANDLER_FLAG, True)
-    root.addHandler(handler)
     # Keep warnings on stderr as before: without a handler on the root logger Python printed
-    # them through its last-resort handler; with ours attached it would not any more.
+    # them through its last-resort handler; with ours attached it would not any more. First,
+    # so that a warning about the user data folder itself is printed in the same form.
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
     console.setFormatter(logging.Formatter("openatp: warning: %(message)s"))
     setattr(console, _HANDLER_FLAG, True)
     root.addHandler(console)
+    try:
+        path = user_subdir("logs") / LOG_NAME
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS,
+                                                       encoding="utf-8")
+    except Exception as exc:  # noqa: BLE001 - no log must never stop the program
+        # Said once on stderr: IT should learn the home folder is read-only.
+        logging.getLogger("openatp").warning("no log file (%s)", exc)
+        return None
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setLevel(level)
+    setattr(handler, _HANDLER_FLAG, True)
+    root.addHandler(handler)
     if root.level > level or root.level == logging.NOTSET:
         root.setLevel(level)
     log.info("OpenATP %s started (%s), pid %d, %s, installation %s, user data %s", __version__, role,

@@ -48,6 +48,7 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # folder holding core/, app
 _PACKAGES = ("core", "app", "widgets", "resources")
 
 log = logging.getLogger("openatp.paths")
+_warned: set[str] = set()  # each refused folder is reported once per process, not on every call
 
 
 def is_frozen() -> bool:
@@ -179,8 +180,10 @@ def user_data_dir(create: bool = False) -> Path:
     chosen = chosen if chosen.is_absolute() else Path.cwd() / chosen
     if is_inside_install(chosen):
         fallback = _fallback_dir(Path.home())
-        log.warning("user data folder %s (from %s) lies inside the OpenATP installation %s, which an "
-                    "upgrade or uninstall replaces; using %s instead", chosen, source, install_dir(), fallback)
+        if str(chosen) not in _warned:
+            _warned.add(str(chosen))
+            log.warning("user data folder %s (from %s) lies inside the OpenATP installation %s, which an "
+                        "upgrade or uninstall replaces; using %s instead", chosen, source, install_dir(), fallback)
         chosen = fallback
     if create:
         try:

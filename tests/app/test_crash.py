@@ -217,3 +217,19 @@ def test_gui_without_display_says_so_and_cli_still_works(tmp_path, demo_case):
     assert r.returncode == 2 and len(lines) == 1 and "no display found" in lines[0], r.stderr
     r = _cli(["info", str(demo_case), "--json"], env, drop)
     assert r.returncode == 0 and '"structures"' in r.stdout, r.stderr
+
+
+def test_unwritable_user_folder_means_no_log_file_not_a_failure(tmp_path, monkeypatch, capsys):
+    from core.logs import setup_logging, teardown_logging
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("OPENATP_USER_DIR", str(blocker))
+    teardown_logging()
+    try:
+        assert setup_logging("test") is None
+        assert setup_logging("again") is None  # no second console handler, no second warning
+        err = capsys.readouterr().err
+        assert err.count("openatp: warning: no log file") == 1, err
+    finally:
+        teardown_logging()

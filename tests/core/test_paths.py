@@ -22,6 +22,7 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("USERPROFILE", str(home))
     for var in ("OPENATP_USER_DIR", "XDG_DATA_HOME", "APPDATA"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(paths, "_warned", set())  # every test sees its own first warning
     return home
 
 
@@ -84,6 +85,9 @@ def test_env_pointing_into_the_package_falls_back_to_home(clean_env, monkeypatch
     assert got == clean_env / "OpenATP"
     assert not paths.is_inside_install(got)
     assert "inside the OpenATP installation" in caplog.text and "OPENATP_USER_DIR" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="openatp.paths"):
+        paths.user_data_dir()
+    assert caplog.text.count("inside the OpenATP installation") == 1  # said once, not on every call
 
 
 def test_frozen_bundle_protects_the_whole_installation(clean_env, frozen_bundle, monkeypatch, tmp_path):
