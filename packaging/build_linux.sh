@@ -120,11 +120,14 @@ for script in preinst prerm postinst postrm; do
     chmod 755 "$STAGE/DEBIAN/$script"
 done
 INSTALLED_KB=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)
-# System libraries the bundle does not carry (PyInstaller leaves out libc, libGL, X11 and
-# friends on purpose: they must match the machine's drivers).
-DEPENDS="libc6 (>= $GLIBC_MIN), libgl1, libegl1, libfontconfig1, libfreetype6, libx11-6, libx11-xcb1, libxkbcommon0, libxkbcommon-x11-0, libxcb-cursor0, libxcb-icccm4, libxcb-keysyms1, libxcb-shape0, libdbus-1-3"
+# What the bundle takes from the machine (smoke_test.sh lists ELF NEEDED entries the bundle does
+# not carry): glibc, the GL/EGL driver stack and libxcb, which must match the machine's drivers
+# and X server, so PyInstaller leaves them out on purpose; fonts through fontconfig's
+# configuration. Wayland libraries are only needed in a Wayland session (Qt falls back to xcb).
+DEPENDS="libc6 (>= $GLIBC_MIN), libgl1, libegl1, libdrm2, libxcb1, fontconfig-config"
+RECOMMENDS="libwayland-client0, libwayland-cursor0, libwayland-egl1"
 sed -e "s/@VERSION@/$DEB_VERSION/" -e "s/@INSTALLED_KB@/$INSTALLED_KB/" -e "s/@DEPENDS@/$DEPENDS/" \
-    packaging/linux/debian/control.in > "$STAGE/DEBIAN/control"
+    -e "s/@RECOMMENDS@/$RECOMMENDS/" packaging/linux/debian/control.in > "$STAGE/DEBIAN/control"
 (cd "$STAGE" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | xargs -0 md5sum > DEBIAN/md5sums)
 DEB="$DIST/openatp_${DEB_VERSION}_amd64.deb"
 dpkg-deb --root-owner-group -Z"$DEB_COMPRESS" -b "$STAGE" "$DEB" >/dev/null

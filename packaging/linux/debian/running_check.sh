@@ -10,7 +10,7 @@ openatp_running_pids() {
     done
 }
 if [ "${OPENATP_FORCE_INSTALL:-0}" != "1" ]; then
-    pids=$(openatp_running_pids | tr '\n' ' ')
+    pids=$(openatp_running_pids | tr '\n' ' ' | sed 's/ *$//')
     if [ -n "$pids" ]; then
         echo "openatp: OpenATP is running (process $pids). Close it (save your work first) and run the" >&2
         echo "openatp: installer again; nothing was changed. To go ahead anyway: OPENATP_FORCE_INSTALL=1." >&2
