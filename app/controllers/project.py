@@ -33,13 +33,9 @@ CLEAN_EXIT_KEY = "session/clean_exit_at"
 
 
 def autosave_dir() -> Path:
-    """``<user data>/autosave`` (``$OPENATP_USER_DIR`` honoured)."""
-    try:
-        from core.paths import user_subdir
-    except ImportError:  # older core without the paths module
-        from core.goals.templates import user_data_dir
+    """``<user data>/autosave`` (:func:`core.paths.user_subdir`; ``$OPENATP_USER_DIR`` honoured)."""
+    from core.paths import user_subdir
 
-        return user_data_dir() / "autosave"
     return user_subdir("autosave", create=False)
 
 
