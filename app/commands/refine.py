@@ -194,10 +194,18 @@ def run(args) -> int:
         atomic_write_text(tmp / "refine_log.json", dumps(log) + "\n")
         if rules:
             hs.save_rules(tmp / "helper_rules.json", rules)
+        # every optimization kept as a version: the plan, then each accepted round
         history = PlanHistory(tmp)
-        history.add(state.goals, state.weights_mu, name="plan", metrics=plan_metrics, note=f"from {plan_dir}")
-        history.add(goals, refined.weights, name="refined", parent="plan", metrics=result.metrics,
-                    note=f"{refined.n_accepted} of {len(refined.rounds)} rounds accepted: {refined.stop_reason}")
+        parent = history.add(state.goals, state.weights_mu, name="plan", metrics=plan_metrics,
+                             note=f"from {plan_dir}").name
+        for a in refined.accepted:
+            parent = history.add(goals, a["weights"], name=f"round {a['round']}", parent=parent,
+                                 metrics={"goals": [r.to_dict() for r in a["goal_results"]],
+                                          "working_goals": [g.to_dict() for g in a["working_goals"]]},
+                                 note="refinement round (ideal fluence)").name
+        history.add(goals, refined.weights, name="refined", parent=parent, metrics=result.metrics,
+                    note=f"the refined plan: {refined.n_accepted} of {len(refined.rounds)} rounds accepted "
+                         f"({refined.stop_reason})")
     for w in result.metrics["warnings"]:
         warn(w)
     if args.json:

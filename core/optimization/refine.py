@@ -18,24 +18,28 @@ Every goal not pushed in a round is **held** at what it achieved (a met OAR goal
 pushing the others cannot buy their gains with it; an unmet goal, so it stays where it
 is): a goal of the round's level or above as a constraint sitting at that value, a goal
 below it give or take ``tolerance_pct``, so its level is skipped unless the round moved
-it further, and then re-run to bring it back (see :func:`_hold`). ``focus`` limits the pushes to goals on some structures (a new patch: only its goal
-moves). Priorities are
-not changed: the optimizer is lexicographic, so a priority is what a weight is to a
+it further, and then re-run to bring it back (see :func:`_hold`). ``focus`` limits the
+pushes to goals on some structures (a new patch: only its goal moves). Priorities are not
+changed: the optimizer is lexicographic, so a priority is what a weight is to a
 weighted-sum optimizer, and moving a goal between levels would change what it may cost.
 
 Each round re-optimizes with :func:`core.optimization.fluence.optimize_plan` from the
 current best fluence (warm start, the same dose-influence matrix). Its plan is accepted
 only if, judged on the clinical goals:
 
-1. every P1 goal met by the best plan is still met (never traded), and no goal of any
-   priority goes from met to unmet;
+1. every P1 goal met by the best plan is still met (never traded), and so is every met
+   goal of the round's priority or above and every met OAR goal;
 2. no OAR goal, and no unmet goal of the round's level or above, is worse than in the
    best plan, or than in the *first* plan, by more than ``tolerance_pct`` % of its value
    (0.05 Gy / 0.05 % at least), so tolerances cannot add up over rounds. A met target
    goal may spend its room (a D95 of 50.4 Gy against 50 Gy may become 50.1 Gy), and an
    unmet goal of a lower priority that is no OAR goal (a ring, say) may pay for a higher
-   one, as priorities mean;
-3. at least one goal improved by ``min_gain_pct`` % of its value (0.05 Gy at least).
+   one, as priorities mean. With a ``focus`` (the planner asked for it, e.g. with a new
+   patch goal) every goal of the round's priority or lower may pay, staying met;
+3. at least one goal improved by ``min_gain_pct`` % of its value (0.05 Gy at least);
+4. (with ``check_delivered`` and the plan's beams) the plan as it will be delivered --
+   sequenced, dose from the segments, MU normalised (:func:`deliver`) -- still meets
+   every P1 goal the best delivered plan met.
 
 A rejected round halves the steps of the goals it pushed (their level comes again after
 the others); a second rejection in a row at a level, or a round that improves nothing,
@@ -70,6 +74,7 @@ class RefineOptions:
     min_gain_pct: float = 0.5       # a goal "improved" by at least this % of its value
     tolerance_pct: float = 0.5      # a goal may get this much worse (% of its value) in an accepted round
     hold_oars: bool = True          # met OAR goals not pushed are held at what they achieved
+    check_delivered: bool = True    # also judge P1 on the sequenced, normalised plan (needs the beams)
     level_maxiter: int | None = 150  # optimizer iterations per priority level in a round (None: the optimizer's)
     final_maxiter: int | None = None  # final-level budget of a round (None: the optimizer's, a quarter when warm)
 
@@ -96,6 +101,8 @@ class RefineResult:
     working_goals : list of ClinicalGoal, the values the best plan was optimized for
     goal_results, first_results : list of GoalResult on ``goals``: best plan / first plan
     first_dose_gy : (patient grid) float32 ndarray, Gy, the first plan's (ideal-fluence) dose
+    accepted : list of dict, one per accepted round: ``round``, ``weights`` (MU),
+        ``working_goals``, ``goal_results`` (for a plan history)
     optimization : OptimizationResult of the best round, or None when no round was accepted
     rounds : list of dict, one per round (see :meth:`to_log`)
     stop_reason : str
@@ -117,6 +124,7 @@ class RefineResult:
     oar_structures: tuple = ()
     warnings: list = field(default_factory=list)
     first_dose_gy: np.ndarray | None = None
+    accepted: list = field(default_factory=list)
 
     @property
     def all_p1_met(self) -> bool:
@@ -216,22 +224,73 @@ def _dose_of(patient, dij, weights) -> np.ndarray:
     return dose.astype(np.float32)
 
 
+class _GridOffsets:
+    """How much each goal's value differs on the optimizer's dose grid from the patient grid.
+
+    The optimizer evaluates goals on the dose-influence matrix's grid (masks resampled to
+    it, nearest voxel); plans are judged on the patient grid (dose resampled linearly).
+    With a coarser dose grid the two differ (measured on OpenKBP pt_202, 3 mm dose grid:
+    PTV D95 by up to 0.6 Gy), so a goal held "at what it achieved" would be held at the
+    wrong value. ``offsets`` gives ``achieved on the dose grid - achieved on the patient
+    grid`` per goal for a fluence; the refinement adds it to every value it aims at.
+    Zero when the two grids are the same.
+    """
+
+    def __init__(self, patient, dij):
+        self.same = dij.grid.same_as(patient.grid)
+        self.patient, self.dij = patient, dij
+        self.rows: dict = {}
+
+    def _rows(self, name: str) -> np.ndarray:
+        if name not in self.rows:
+            from core.geometry import resample_to_grid
+
+            m = self.patient.structures[name].mask
+            md = resample_to_grid(m.astype(np.uint8), self.patient.grid, self.dij.grid, order=0) > 0
+            self.rows[name] = self.dij.voxel_mask(md)
+        return self.rows[name]
+
+    def offsets(self, goals, weights, results) -> list[float]:
+        if self.same:
+            return [0.0] * len(goals)
+        import torch
+
+        from core.goals.evaluate import achieved_value
+
+        d = self.dij.dose(torch.as_tensor(np.asarray(weights, dtype=np.float32),
+                                          device=self.dij.matrix.device)).detach().cpu().numpy()
+        out = []
+        for g, r in zip(goals, results):
+            rows = self._rows(g.structure)
+            if g.kind is GoalKind.ALARA or r.achieved is None or not rows.any():
+                out.append(0.0)
+                continue
+            out.append(float(achieved_value(g, d[rows], self.dij.grid.voxel_volume_cc) - r.achieved))
+        return out
+
+
 def _evaluate(patient, goals, dose) -> list[GoalResult]:
     masks = {n: s.mask for n, s in patient.structures.items()}
     return evaluate_goals(goals, dose, masks, patient.grid.voxel_volume_cc)
 
 
 def _judge(goals, best: list, cand: list, first: list, oar: set, opts: RefineOptions,
-           level: int | None = None) -> tuple[bool, str, list]:
+           level: int | None = None, asked: bool = False) -> tuple[bool, str, list]:
     """Accept ``cand`` (a round that pushed priority ``level``) over ``best``?
 
-    Returns (accepted, reason, indices of the goals that improved). Goals below ``level``
-    that are neither OAR goals nor met may pay for it, as their priority says.
+    Returns (accepted, reason, indices of the goals that improved). Unmet goals below
+    ``level`` that are no OAR goals may pay for it, as their priority says. When the
+    planner ``asked`` for the push (a focus, e.g. a new patch), every goal at ``level`` or
+    below may pay as long as it stays met: the planner's priority decides, as it does in
+    the optimizer.
     """
     broken_p1 = [b.goal.label for b, c in zip(best, cand) if b.goal.priority == 1 and b.met and not c.met]
     if broken_p1:
         return False, f"would break met P1 goal(s): {'; '.join(broken_p1)}", []
-    broken = [b.goal.label for b, c in zip(best, cand) if b.met and c.met is False]
+    # a met goal stays met at the round's level and above, and always on an OAR; a met
+    # lower-priority helper goal (a ring) may fail for a higher one, as priorities mean
+    broken = [b.goal.label for b, c in zip(best, cand) if b.met and c.met is False
+              and (level is None or b.goal.priority <= level or b.goal.structure in oar)]
     if broken:
         return False, f"would make met goal(s) fail: {'; '.join(broken)}", []
     worse = []
@@ -241,6 +300,8 @@ def _judge(goals, best: list, cand: list, first: list, oar: set, opts: RefineOpt
             continue
         tol = _amount(g, opts.tolerance_pct)
         oar_goal = g.structure in oar and _is_upper(g)
+        if asked and level is not None and g.priority >= level:
+            continue                           # the planner's own trade, at its priority
         if b.met and not oar_goal:
             continue                           # a met target goal may spend its room
         if not oar_goal and level is not None and g.priority > level:
@@ -265,7 +326,8 @@ def _hold(g: ClinicalGoal, r: GoalResult, cur: float, level: int, oar: set, opts
 
     The optimizer holds a goal of the round's level or above as a constraint at its value
     tightened by its margin (``margin_pct``), so such a goal is aimed at
-    ``achieved / (1 -+ margin)``: the constraint then sits exactly at what it achieved. A
+    ``(achieved -+ tolerance / 2) / (1 -+ margin)``: the constraint then sits half the
+    tolerance on the good side of what it achieved (a penalty gives a little). A
     goal below the round's level is no constraint there: it is aimed at what it achieved
     give or take ``tolerance_pct``, so its level is skipped unless the round moved it by
     more than the judge allows, and then re-run to bring it back.
@@ -282,7 +344,10 @@ def _hold(g: ClinicalGoal, r: GoalResult, cur: float, level: int, oar: set, opts
         return None
     m = margin_pct / 100.0
     if g.priority <= level:
-        h = r.achieved / (1 - m) if upper else r.achieved / (1 + m)
+        # the constraint is a penalty, so its equilibrium gives a little: aim half the
+        # tolerance to the good side so that it settles on what was achieved
+        half = _amount(g, opts.tolerance_pct) / 2
+        h = (r.achieved - half) / (1 - m) if upper else (r.achieved + half) / (1 + m)
     else:
         tol = _amount(g, opts.tolerance_pct)
         h = r.achieved + tol if upper else r.achieved - tol
@@ -400,17 +465,25 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
         if unknown:
             raise InputError(f"refinement focus: no structure named {', '.join(unknown)}")
 
+    grid_offsets = _GridOffsets(patient, dij)
     best_w = w0
     best_dose = _dose_of(patient, dij, w0)
     best_res = _evaluate(patient, goals, best_dose)
     first_res = list(best_res)
     first_dose = best_dose
+    # P1 is judged on the plan as delivered too: sequencing costs a target ~0.5-2 % of D95,
+    # so a round that spends the ideal fluence's P1 margin could fail P1 once sequenced
+    max_rx = max((p.dose_gy for p in patient.prescriptions), default=None)
+    limit_gy = opt_opts.max_dose_pct / 100.0 * max_rx if max_rx else None
+    check_delivered = opts.check_delivered and getattr(dij, "beams", None) is not None
+    best_del = deliver(patient, goals, dij, w0, limit_gy)["results"] if check_delivered else None
     best_opt = None
     working = list(goals)                  # what the best plan was optimized for
     step = {i: opts.step_pct for i in range(len(goals))}
     frozen: set = set()                    # goals left alone (stalled, or their steps ran out)
     pushes_without_gain: dict = {}
     rounds: list = []
+    accepted: list = []
     rejections: dict = {}                  # priority -> rejections in a row
     last_level = None
     stop = "the round limit was reached"
@@ -420,7 +493,7 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
     def result(cancelled=False) -> RefineResult:
         return RefineResult(best_w, best_dose, goals, working, best_res, first_res, best_opt, rounds, stop,
                             {"optimize": t_opt, "total": time.perf_counter() - t0}, cancelled, tuple(sorted(oar)),
-                            warnings, first_dose)
+                            warnings, first_dose, accepted)
 
     report(progress, 0, 1, "refinement: first plan evaluated")
     rnd = 0
@@ -449,15 +522,24 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
         tr = time.perf_counter()
         stage = progress.stage((rnd - 1) / opts.max_rounds, rnd / opts.max_rounds, f"refine round {rnd}") \
             if progress is not None else None
+        # the optimizer sees its own dose grid: aim at what each value is there
+        off = grid_offsets.offsets(goals, best_w, best_res)
+        aims = [g if g.kind is GoalKind.ALARA or not o else _aim(g, g.value + o) for g, o in zip(cand, off)]
         try:
-            res = optimize_plan(patient, cand, dij, options=opt_opts, warm_start=best_w, device=device,
+            res = optimize_plan(patient, aims, dij, options=opt_opts, warm_start=best_w, device=device,
                                 progress=stage, cancel=cancel)
         except Cancelled:
             stop = "cancelled"
             raise Cancelled(result=result(True)) from None
         t_opt += res.timings_s.get("total", 0.0)
         cand_res = _evaluate(patient, goals, res.dose_gy)
-        ok, reason, improved = _judge(goals, best_res, cand_res, first_res, oar, opts, level)
+        ok, reason, improved = _judge(goals, best_res, cand_res, first_res, oar, opts, level, focus is not None)
+        cand_del = None
+        if ok and check_delivered:
+            cand_del = deliver(patient, goals, dij, res.weights, limit_gy)["results"]
+            lost = [b.goal.label for b, c in zip(best_del, cand_del) if b.goal.priority == 1 and b.met and not c.met]
+            if lost:
+                ok, reason = False, f"the delivered (sequenced) plan would break met P1 goal(s): {'; '.join(lost)}"
         moved = [{"goal": goals[i].label, "from": _r(b.achieved), "to": _r(c.achieved),
                   "better_by": _better_by(goals[i], b.achieved, c.achieved)}
                  for i, (b, c) in enumerate(zip(best_res, cand_res))
@@ -469,6 +551,8 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
                        "moved": moved, "improved": [goals[i].label for i in improved],
                        "all_p1_met": all(bool(r.met) for r in cand_res if r.goal.priority == 1 and r.met is not None),
                        "warm_start": True, "iterations": res.iterations,
+                       "optimizer_levels": res.levels, "optimizer_warnings": list(res.warnings),
+                       "grid_offsets": {goals[i].label: round(o, 3) for i, o in enumerate(off) if abs(o) >= 0.005},
                        "timings_s": {"optimize": round(res.timings_s.get("total", 0.0), 3),
                                      "prepare": round(res.timings_s.get("prepare", 0.0), 3),
                                      "round": round(time.perf_counter() - tr, 3)}})
@@ -483,6 +567,9 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
                     if pushes_without_gain[i] >= 2:
                         given_up.append(i)     # pushed twice and nothing came of it
             best_w, best_dose, best_res, best_opt, working = res.weights, res.dose_gy, cand_res, res, cand
+            best_del = cand_del if cand_del is not None else best_del
+            accepted.append({"round": rnd, "weights": res.weights, "working_goals": list(cand),
+                             "goal_results": cand_res})
             rejections[level] = 0
         else:
             rejections[level] = rejections.get(level, 0) + 1
@@ -503,24 +590,55 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
     return result()
 
 
+def deliver(patient, goals, dij, weights, max_dose_limit_gy: float | None, progress=None, cancel=None) -> dict:
+    """The plan a fluence becomes: sequenced, dose from the segments (inside the body), MU
+    normalised as :func:`core.pipeline.plan_patient` does, and its goals evaluated.
+
+    Returns a dict with ``segmented``, ``deliverable`` (MU per beamlet), ``dose_gy``
+    (patient grid), ``normalization`` and ``results`` (GoalResults on ``goals``).
+    """
+    from dataclasses import replace
+
+    from core.delivery.sequencing import SequencingOptions, sequence_influence
+    from core.geometry import resample_to_grid
+    from core.pipeline import NORMALIZATION_MAX_DOSE_PCT, _scale_segments, normalization_factor
+
+    max_rx = max((p.dose_gy for p in patient.prescriptions), default=None)
+    fractions = patient.prescriptions[0].fractions if patient.prescriptions else 1
+    segmented, deliverable = sequence_influence(dij, weights, replace(SequencingOptions(), fractions=fractions),
+                                                progress=progress, cancel=cancel)
+    final = dij.dose_on_grid(np.asarray(deliverable, dtype=np.float32))
+    if not dij.grid.same_as(patient.grid):
+        final = resample_to_grid(final, dij.grid, patient.grid, order=1)
+    final = np.where(patient.external_mask(), final, 0.0).astype(np.float32)
+    masks = {n: s.mask for n, s in patient.structures.items()}
+    hot_limit = max(max_dose_limit_gy or 0.0, NORMALIZATION_MAX_DOSE_PCT / 100.0 * max_rx) if max_rx else None
+    norm = normalization_factor(goals, final, masks, patient.grid.voxel_volume_cc, hot_limit,
+                                targets={s.name for s in patient.targets})
+    if norm != 1.0:
+        final = (final * np.float32(norm)).astype(np.float32)
+        deliverable = np.asarray(deliverable) * norm
+        segmented = _scale_segments(segmented, norm)
+    return {"segmented": segmented, "deliverable": np.asarray(deliverable), "dose_gy": final,
+            "normalization": float(norm), "results": evaluate_goals(goals, final, masks, patient.grid.voxel_volume_cc)}
+
+
 def refined_plan_result(patient, site, goals, dij, refined: RefineResult, *, optimizer_options=None,
                         load_s: float = 0.0, timings_s: dict | None = None, progress=None, cancel=None):
     """The refined plan as a :class:`core.pipeline.PlanResult`, for
     :func:`core.pipeline.write_plan_outputs`: sequencing, final dose from the segments, MU
     normalisation and metrics exactly as :func:`core.pipeline.plan_patient` does after it
-    optimizes (its steps, mirrored here because the pipeline has no entry point that
-    starts from a given fluence).
+    optimizes. Its steps are mirrored here because the pipeline has no entry point that
+    starts from a given fluence; ``tests/app/test_cli_refine.py`` checks that a refinement
+    of zero rounds reproduces the plan's own dose and metrics, so the two cannot drift apart.
     """
     from dataclasses import replace
 
     from core.delivery.effect import sequencing_effect
     from core.delivery.mu import plan_mu_summary
-    from core.delivery.sequencing import SequencingOptions, sequence_influence
-    from core.geometry import resample_to_grid
     from core.optimization.fluence import OptimizationResult, OptimizerOptions
     from core.patient import Dose
-    from core.pipeline import (NORMALIZATION_MAX_DOSE_PCT, PlanResult, _scale_segments, _target_indices,
-                               normalization_factor)
+    from core.pipeline import PlanResult, _target_indices
 
     t = time.perf_counter()
     timings = dict(timings_s or {})
@@ -535,22 +653,11 @@ def refined_plan_result(patient, site, goals, dij, refined: RefineResult, *, opt
     else:
         opt = replace(opt, goal_results=refined.goal_results, all_p1_met=refined.all_p1_met)
     fractions = patient.prescriptions[0].fractions if patient.prescriptions else 1
-    segmented, deliverable = sequence_influence(dij, refined.weights, replace(SequencingOptions(), fractions=fractions),
-                                                progress=progress, cancel=cancel)
+    dv = deliver(patient, goals, dij, refined.weights, opt.max_dose_limit_gy, progress=progress, cancel=cancel)
+    segmented, deliverable, final, norm = dv["segmented"], dv["deliverable"], dv["dose_gy"], dv["normalization"]
     timings["sequence"] = time.perf_counter() - t
     t = time.perf_counter()
-    final = dij.dose_on_grid(np.asarray(deliverable, dtype=np.float32))
-    if not dij.grid.same_as(patient.grid):
-        final = resample_to_grid(final, dij.grid, patient.grid, order=1)
-    final = np.where(patient.external_mask(), final, 0.0).astype(np.float32)
-    masks = {n: s.mask for n, s in patient.structures.items()}
-    hot_limit = max(opt.max_dose_limit_gy, NORMALIZATION_MAX_DOSE_PCT / 100.0 * max_rx) if max_rx else None
-    norm = normalization_factor(goals, final, masks, patient.grid.voxel_volume_cc, hot_limit)
-    if norm != 1.0:
-        final = (final * np.float32(norm)).astype(np.float32)
-        deliverable = np.asarray(deliverable) * norm
-        segmented = _scale_segments(segmented, norm)
-    results = evaluate_goals(goals, final, masks, patient.grid.voxel_volume_cc)
+    results = dv["results"]
     timings["final_dose"] = time.perf_counter() - t
     p1 = [r for r in results if r.goal.priority == 1 and r.met is not None]
     dose_per_fx = patient.prescriptions[0].dose_per_fraction_gy if patient.prescriptions else None
