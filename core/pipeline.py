@@ -89,7 +89,9 @@ class PlanResult:
 
 
 def _auto_dose_grid_mm(patient) -> float | None:
-    inplane = sorted(patient.grid.spacing_mm)[:2]
+    # in plane = the x and y axes, whatever the array order (OpenKBP: y, x, z)
+    g = patient.grid
+    inplane = [float(sp) for sp, ax in zip(g.spacing_mm, g.axes) if ax[1] in "xy"]
     return None if min(inplane) >= 3.0 else 3.0
 
 
@@ -257,14 +259,9 @@ def plan_patient(patient, site: str | None = None, *, goals=None, options: PlanO
     -------
     PlanResult
     """
-    from core.delivery.effect import sequencing_effect
-    from core.delivery.mu import plan_mu_summary
-    from core.delivery.sequencing import SequencingOptions, sequence_influence
     from core.device import device_name, resolve_device
     from core.dose.beams import parse_beams
     from core.dose.influence import compute_influence
-    from core.geometry import resample_to_grid
-    from core.goals.evaluate import evaluate_goals
     from core.optimization.fluence import optimize_plan
     from core.patient import Dose
 
@@ -330,17 +327,44 @@ def plan_patient(patient, site: str | None = None, *, goals=None, options: PlanO
     timings["optimize"] = time.perf_counter() - t
     warnings += list(opt.warnings)
 
-    # -- sequence --------------------------------------------------------------------------
+    # -- sequence, final dose from the segments, normalization --------------------------------
+    dv = deliver_fluence(patient, goals, dij, opt.weights, opt.max_dose_limit_gy, opts.sequencing,
+                         progress=progress.stage(0.9, 0.94, "sequence") if progress else None, cancel=cancel)
+    timings["sequence"] = dv["timings_s"]["sequence"]
+    timings["final_dose"] = dv["timings_s"]["final_dose"]
+    report(progress, 1.0, 1.0, "plan done")
+    timings["total"] = time.perf_counter() - t_start + timings["load"]
+    metrics = plan_metrics(patient, site, dij, dv, timings, opt.dose_gy, opt.goal_results, opt.all_p1_met,
+                           {"iterations": opt.iterations, "levels": opt.levels, "conflicts": list(opt.conflicts)},
+                           device_name(device), warm_start is not None, goal_notes, prediction_info, warnings)
+    return PlanResult(patient, site, goals, dij, opt, dv["segmented"], dv["deliverable"],
+                      Dose(opt.dose_gy, patient.grid, "ideal fluence"), Dose(dv["dose_gy"], patient.grid, "plan"),
+                      predicted, metrics, warnings)
+
+
+def deliver_fluence(patient, goals, dij, weights, max_dose_limit_gy: float | None, sequencing=None,
+                    progress=None, cancel=None) -> dict:
+    """The plan a fluence becomes: MLC segments, the dose of the segments on the patient grid
+    (zero outside the body), MU normalised to restore coverage (:func:`normalization_factor`),
+    and its goals evaluated. Shared by :func:`plan_patient` and refinement, so both finish a
+    plan the same way.
+
+    Returns
+    -------
+    dict with ``segmented`` (SegmentedBeams), ``deliverable`` (MU per beamlet), ``dose_gy``
+    (patient grid, Gy), ``normalization``, ``results`` (GoalResults of ``goals``) and
+    ``timings_s`` (``sequence``, ``final_dose``).
+    """
+    from core.delivery.sequencing import SequencingOptions, sequence_influence
+    from core.geometry import resample_to_grid
+    from core.goals.evaluate import evaluate_goals
+
     t = time.perf_counter()
     fractions = patient.prescriptions[0].fractions if patient.prescriptions else 1
-    seq_opts = opts.sequencing or SequencingOptions()
-    seq_opts = replace(seq_opts, fractions=fractions)
-    segmented, deliverable = sequence_influence(dij, opt.weights, seq_opts,
-                                                progress=progress.stage(0.9, 0.94, "sequence") if progress else None,
-                                                cancel=cancel)
-    timings["sequence"] = time.perf_counter() - t
+    seq_opts = replace(sequencing or SequencingOptions(), fractions=fractions)
+    segmented, deliverable = sequence_influence(dij, weights, seq_opts, progress=progress, cancel=cancel)
+    t_seq = time.perf_counter() - t
 
-    # -- final dose from the segments ---------------------------------------------------------
     t = time.perf_counter()
     final = dij.dose_on_grid(np.asarray(deliverable, dtype=np.float32))
     if not dij.grid.same_as(patient.grid):
@@ -348,26 +372,35 @@ def plan_patient(patient, site: str | None = None, *, goals=None, options: PlanO
     final = np.where(patient.external_mask(), final, 0.0).astype(np.float32)
     masks = {n: s.mask for n, s in patient.structures.items()}
     max_rx = max((p.dose_gy for p in patient.prescriptions), default=None)
-    hot_limit = max(opt.max_dose_limit_gy, NORMALIZATION_MAX_DOSE_PCT / 100.0 * max_rx) if max_rx else None
+    hot_limit = max(max_dose_limit_gy or 0.0, NORMALIZATION_MAX_DOSE_PCT / 100.0 * max_rx) if max_rx else None
     norm = normalization_factor(goals, final, masks, patient.grid.voxel_volume_cc, hot_limit,
                                 targets={s.name for s in patient.targets})
     if norm != 1.0:
         final = (final * np.float32(norm)).astype(np.float32)
         deliverable = np.asarray(deliverable) * norm
         segmented = _scale_segments(segmented, norm)
-    final_dose = Dose(final, patient.grid, "plan")
-    fluence_dose = Dose(opt.dose_gy, patient.grid, "ideal fluence")
     results = evaluate_goals(goals, final, masks, patient.grid.voxel_volume_cc)
-    timings["final_dose"] = time.perf_counter() - t
-    report(progress, 1.0, 1.0, "plan done")
+    return {"segmented": segmented, "deliverable": np.asarray(deliverable), "dose_gy": final,
+            "normalization": float(norm), "results": results,
+            "timings_s": {"sequence": t_seq, "final_dose": time.perf_counter() - t}}
 
-    p1 = [r for r in results if r.goal.priority == 1 and r.met is not None]
+
+def plan_metrics(patient, site, dij, delivered: dict, timings: dict, fluence_dose_gy, fluence_results,
+                 fluence_all_p1_met: bool, optimizer: dict, device: str, warm_start: bool, goal_notes,
+                 prediction, warnings, **extra) -> dict:
+    """``metrics.json`` of a plan (``docs/cli.md``) from :func:`deliver_fluence`'s result."""
+    from core.delivery.effect import sequencing_effect
+    from core.delivery.mu import plan_mu_summary
+
+    final, results, segmented = delivered["dose_gy"], delivered["results"], delivered["segmented"]
+    max_rx = max((p.dose_gy for p in patient.prescriptions), default=None)
+    fractions = patient.prescriptions[0].fractions if patient.prescriptions else 1
     dose_per_fx = patient.prescriptions[0].dose_per_fraction_gy if patient.prescriptions else None
     mu = plan_mu_summary(segmented, fractions, dose_per_fx)
-    timings["total"] = time.perf_counter() - t_start + timings["load"]
+    p1 = [r for r in results if r.goal.priority == 1 and r.met is not None]
     metrics = {
         "site": site,
-        "device": device_name(device),
+        "device": device,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "goals": [r.to_dict() for r in results],
         "all_p1_met": all(bool(r.met) for r in p1),
@@ -379,21 +412,21 @@ def plan_patient(patient, site: str | None = None, *, goals=None, options: PlanO
         "max_dose_gy": round(float(final.max()), 3),
         "max_dose_pct_of_prescription": None if not max_rx else round(100.0 * float(final.max()) / max_rx, 2),
         "targets": _target_indices(patient, final),
-        "sequencing_effect": sequencing_effect(patient, opt.dose_gy, final),
-        "normalization_factor": round(norm, 5),
-        "ideal_fluence_goals": [r.to_dict() for r in opt.goal_results],
-        "ideal_fluence_all_p1_met": opt.all_p1_met,
-        "optimizer": {"iterations": opt.iterations, "levels": opt.levels, "conflicts": list(opt.conflicts)},
-        "warm_start": warm_start is not None,
+        "sequencing_effect": sequencing_effect(patient, fluence_dose_gy, final),
+        "normalization_factor": round(delivered["normalization"], 5),
+        "ideal_fluence_goals": [r.to_dict() for r in fluence_results],
+        "ideal_fluence_all_p1_met": fluence_all_p1_met,
+        "optimizer": optimizer,
+        "warm_start": bool(warm_start),
+        **extra,
         "beams": dij.beams.to_dict() if dij.beams is not None else None,
         "dose_grid": dij.grid.to_dict(),
         "n_beamlets": int(dij.n_beamlets),
         "goal_notes": goal_notes,
-        "prediction": prediction_info,
-        "warnings": list(dict.fromkeys(list(patient.warnings) + warnings)),
+        "prediction": prediction,
+        "warnings": list(dict.fromkeys(list(patient.warnings) + list(warnings))),
     }
-    return PlanResult(patient, site, goals, dij, opt, segmented, np.asarray(deliverable), fluence_dose, final_dose,
-                      predicted, metrics, warnings)
+    return metrics
 
 
 def write_plan_outputs(result: PlanResult, out_dir, keep_dij: bool = False) -> Path:
@@ -487,5 +520,6 @@ def load_plan_state(folder, patient=None, device="cpu") -> PlanState:
 
 
 __all__ = ["PlanOptions", "PlanResult", "PlanState", "plan_patient", "plan_goals", "write_plan_outputs",
+           "deliver_fluence", "plan_metrics",
            "guess_site", "model_available",
            "load_plan_state", "DEFAULT_BEAMS", "Cancelled", "OpenATPError"]

@@ -591,56 +591,27 @@ def refine_plan(patient, goals, dij, start_weights, *, options: RefineOptions | 
 
 
 def deliver(patient, goals, dij, weights, max_dose_limit_gy: float | None, progress=None, cancel=None) -> dict:
-    """The plan a fluence becomes: sequenced, dose from the segments (inside the body), MU
-    normalised as :func:`core.pipeline.plan_patient` does, and its goals evaluated.
+    """The plan a fluence becomes (:func:`core.pipeline.deliver_fluence`: sequenced, dose
+    from the segments, MU normalised, goals evaluated), as the pipeline finishes a plan."""
+    from core.pipeline import deliver_fluence
 
-    Returns a dict with ``segmented``, ``deliverable`` (MU per beamlet), ``dose_gy``
-    (patient grid), ``normalization`` and ``results`` (GoalResults on ``goals``).
-    """
-    from dataclasses import replace
-
-    from core.delivery.sequencing import SequencingOptions, sequence_influence
-    from core.geometry import resample_to_grid
-    from core.pipeline import NORMALIZATION_MAX_DOSE_PCT, _scale_segments, normalization_factor
-
-    max_rx = max((p.dose_gy for p in patient.prescriptions), default=None)
-    fractions = patient.prescriptions[0].fractions if patient.prescriptions else 1
-    segmented, deliverable = sequence_influence(dij, weights, replace(SequencingOptions(), fractions=fractions),
-                                                progress=progress, cancel=cancel)
-    final = dij.dose_on_grid(np.asarray(deliverable, dtype=np.float32))
-    if not dij.grid.same_as(patient.grid):
-        final = resample_to_grid(final, dij.grid, patient.grid, order=1)
-    final = np.where(patient.external_mask(), final, 0.0).astype(np.float32)
-    masks = {n: s.mask for n, s in patient.structures.items()}
-    hot_limit = max(max_dose_limit_gy or 0.0, NORMALIZATION_MAX_DOSE_PCT / 100.0 * max_rx) if max_rx else None
-    norm = normalization_factor(goals, final, masks, patient.grid.voxel_volume_cc, hot_limit,
-                                targets={s.name for s in patient.targets})
-    if norm != 1.0:
-        final = (final * np.float32(norm)).astype(np.float32)
-        deliverable = np.asarray(deliverable) * norm
-        segmented = _scale_segments(segmented, norm)
-    return {"segmented": segmented, "deliverable": np.asarray(deliverable), "dose_gy": final,
-            "normalization": float(norm), "results": evaluate_goals(goals, final, masks, patient.grid.voxel_volume_cc)}
+    return deliver_fluence(patient, goals, dij, weights, max_dose_limit_gy, progress=progress, cancel=cancel)
 
 
 def refined_plan_result(patient, site, goals, dij, refined: RefineResult, *, optimizer_options=None,
                         load_s: float = 0.0, timings_s: dict | None = None, progress=None, cancel=None):
     """The refined plan as a :class:`core.pipeline.PlanResult`, for
-    :func:`core.pipeline.write_plan_outputs`: sequencing, final dose from the segments, MU
-    normalisation and metrics exactly as :func:`core.pipeline.plan_patient` does after it
-    optimizes. Its steps are mirrored here because the pipeline has no entry point that
-    starts from a given fluence; ``tests/app/test_cli_refine.py`` checks that a refinement
-    of zero rounds reproduces the plan's own dose and metrics, so the two cannot drift apart.
-    """
+    :func:`core.pipeline.write_plan_outputs`: finished by the pipeline's own
+    :func:`core.pipeline.deliver_fluence` and :func:`core.pipeline.plan_metrics`
+    (``tests/app/test_cli_refine.py`` checks that a refinement of zero rounds reproduces the
+    plan's dose and metrics)."""
     from dataclasses import replace
 
-    from core.delivery.effect import sequencing_effect
-    from core.delivery.mu import plan_mu_summary
+    from core.device import device_name
     from core.optimization.fluence import OptimizationResult, OptimizerOptions
     from core.patient import Dose
-    from core.pipeline import PlanResult, _target_indices
+    from core.pipeline import PlanResult, plan_metrics
 
-    t = time.perf_counter()
     timings = dict(timings_s or {})
     opt = refined.optimization
     max_rx = max((p.dose_gy for p in patient.prescriptions), default=None)
@@ -652,52 +623,18 @@ def refined_plan_result(patient, site, goals, dij, refined: RefineResult, *, opt
                                  warm_start=True)
     else:
         opt = replace(opt, goal_results=refined.goal_results, all_p1_met=refined.all_p1_met)
-    fractions = patient.prescriptions[0].fractions if patient.prescriptions else 1
     dv = deliver(patient, goals, dij, refined.weights, opt.max_dose_limit_gy, progress=progress, cancel=cancel)
-    segmented, deliverable, final, norm = dv["segmented"], dv["deliverable"], dv["dose_gy"], dv["normalization"]
-    timings["sequence"] = time.perf_counter() - t
-    t = time.perf_counter()
-    results = dv["results"]
-    timings["final_dose"] = time.perf_counter() - t
-    p1 = [r for r in results if r.goal.priority == 1 and r.met is not None]
-    dose_per_fx = patient.prescriptions[0].dose_per_fraction_gy if patient.prescriptions else None
-    mu = plan_mu_summary(segmented, fractions, dose_per_fx)
+    timings.update(dv["timings_s"])
     timings["load"] = float(load_s)
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
-    from core.device import device_name
-
-    metrics = {
-        "site": site,
-        "device": device_name(dij.matrix.device),
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "goals": [r.to_dict() for r in results],
-        "all_p1_met": all(bool(r.met) for r in p1),
-        "total_mu": round(float(mu["total_mu_per_fraction"]), 2),
-        "total_mu_per_fraction": round(float(mu["total_mu_per_fraction"]), 2),
-        "total_mu_course": round(float(mu["total_mu"]), 2),
-        "fractions": fractions,
-        "n_segments": int(mu["n_segments"]),
-        "max_dose_gy": round(float(final.max()), 3),
-        "max_dose_pct_of_prescription": None if not max_rx else round(100.0 * float(final.max()) / max_rx, 2),
-        "targets": _target_indices(patient, final),
-        "sequencing_effect": sequencing_effect(patient, refined.dose_gy, final),
-        "normalization_factor": round(norm, 5),
-        "ideal_fluence_goals": [r.to_dict() for r in refined.goal_results],
-        "ideal_fluence_all_p1_met": refined.all_p1_met,
-        "optimizer": {"iterations": sum(r["iterations"] for r in refined.rounds), "levels": [],
-                      "conflicts": list(getattr(refined.optimization, "conflicts", []) or [])},
-        "warm_start": True,
-        "refined": True,
-        "beams": dij.beams.to_dict() if dij.beams is not None else None,
-        "dose_grid": dij.grid.to_dict(),
-        "n_beamlets": int(dij.n_beamlets),
-        "goal_notes": [],
-        "prediction": None,
-        "warnings": list(dict.fromkeys(list(patient.warnings) + list(refined.warnings))),
-    }
+    optimizer = {"iterations": sum(r["iterations"] for r in refined.rounds), "levels": [],
+                 "conflicts": list(getattr(refined.optimization, "conflicts", []) or [])}
+    metrics = plan_metrics(patient, site, dij, dv, timings, refined.dose_gy, refined.goal_results,
+                           refined.all_p1_met, optimizer, device_name(dij.matrix.device), True, [], None,
+                           list(refined.warnings), refined=True)
     check_cancel(cancel)
-    return PlanResult(patient, site, list(goals), dij, opt, segmented, np.asarray(deliverable),
-                      Dose(refined.dose_gy, patient.grid, "ideal fluence"), Dose(final, patient.grid, "plan"),
+    return PlanResult(patient, site, list(goals), dij, opt, dv["segmented"], dv["deliverable"],
+                      Dose(refined.dose_gy, patient.grid, "ideal fluence"), Dose(dv["dose_gy"], patient.grid, "plan"),
                       None, metrics, list(refined.warnings))
 
 

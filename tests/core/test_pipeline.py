@@ -183,3 +183,19 @@ def test_normalization_restores_p2_target_coverage_when_targets_are_named():
     assert normalization_factor([floor, aim, oar_min], dose, masks, 0.001, None) == 1.0  # P1 floor met
     f = normalization_factor([floor, aim, oar_min], dose, masks, 0.001, None, targets={"PTV"})
     assert f == pytest.approx(70.0 / d95, rel=1e-4)
+
+
+def test_auto_dose_grid_reads_in_plane_spacing_from_the_axes():
+    # OpenKBP arrays are (y, x, z): a 3.9 x 3.9 mm CT with 2.5 mm slices is planned on its own
+    # grid (its in-plane voxels are >= 3 mm); a DICOM (z, y, x) CT of 1 mm pixels gets 3 mm.
+    from types import SimpleNamespace
+
+    from core.geometry import DICOM_AXES, OPENKBP_AXES, Grid
+    from core.pipeline import _auto_dose_grid_mm
+
+    def pt(spacing, axes):
+        return SimpleNamespace(grid=Grid((8, 8, 8), spacing, (0.0, 0.0, 0.0), axes))
+
+    assert _auto_dose_grid_mm(pt((3.9, 3.9, 2.5), OPENKBP_AXES)) is None
+    assert _auto_dose_grid_mm(pt((3.0, 1.0, 1.0), DICOM_AXES)) == 3.0
+    assert _auto_dose_grid_mm(pt((2.5, 4.0, 4.0), DICOM_AXES)) is None
