@@ -136,7 +136,7 @@ def plan_goals(patient, site, goals=None, predicted=None) -> tuple[list, list]:
     if goals is None:
         if site is None:
             raise InputError("no goals: give --site (a protocol template) or --goals GOALS.json")
-        goals, notes = goals_for_patient(patient, site)
+        goals, notes = goals_for_patient(patient, site, add_helpers=True)
         if not goals:
             raise InputError(f"the '{site}' template maps to none of this patient's structures "
                              f"({', '.join(patient.structures)})")
