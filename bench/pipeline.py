@@ -8,7 +8,8 @@ case's clinical reference dose (same evaluation code for both):
 * parotid and larynx mean doses against the clinical plan's (cohort means);
 * cord and brainstem D0.03cc within their limits (45 / 54 Gy).
 
-Each case's result is written to ``--out/CASE.json`` as it finishes, and an existing one is
+Each case's result is written to ``--out/CASE.json`` (its dose to ``--out/doses/CASE.npz``,
+a DOSE file ``openatp review create`` and ``openatp compare`` read) as it finishes, and an existing one is
 reused, so a long run can be stopped and resumed (``--fresh`` replans everything).
 
     .venv/bin/python bench/pipeline.py [--data ../shared/data/openkbp/validation]
@@ -51,7 +52,7 @@ def _endpoints(patient, dose_gy: np.ndarray) -> dict:
     return out
 
 
-def plan_case(path: Path) -> dict:
+def plan_case(path: Path, dose_dir: Path | None = None) -> dict:
     from core.io.loader import load_patient
     from core.pipeline import PlanOptions, plan_patient
 
@@ -60,6 +61,10 @@ def plan_case(path: Path) -> dict:
     load_s = time.perf_counter() - t0
     result = plan_patient(patient, "hn", options=PlanOptions(predict=True, device="cpu"), load_s=load_s)
     m = result.metrics
+    if dose_dir is not None:  # the plan's dose, e.g. as the automated arm of a review study
+        from core.io.dosefile import save_dose_npz
+
+        save_dose_npz(Path(dose_dir) / f"{path.stem}.npz", result.final_dose)
     plan = _endpoints(patient, result.final_dose.dose_gy)
     ref = _endpoints(patient, patient.doses["reference"].dose_gy) if "reference" in patient.doses else {}
     return {"case": path.stem, "wall_s": round(time.perf_counter() - t0, 2), "timings_s": m["timings_s"],
@@ -124,7 +129,7 @@ def main(argv=None) -> int:
         paths = [p for p in paths if p.stem in want]
     paths = paths[: args.limit] if args.limit else paths
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "doses").mkdir(parents=True, exist_ok=True)
     rows = []
     for p in paths:
         f = out / f"{p.stem}.json"
@@ -132,7 +137,7 @@ def main(argv=None) -> int:
             rows.append(json.loads(f.read_text()))
             continue
         try:
-            row = plan_case(p)
+            row = plan_case(p, out / "doses")
         except Exception as exc:  # noqa: BLE001 - one failing case is reported, the rest go on
             row = {"case": p.stem, "error": f"{type(exc).__name__}: {exc}"}
         f.write_text(json.dumps(row, indent=1))
