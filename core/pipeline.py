@@ -175,6 +175,8 @@ def _target_indices(patient, dose_gy: np.ndarray) -> dict:
 #: leaf-pair mapping cost ~0.5-2 % of target D95; a larger shortfall is an optimization
 #: problem that rescaling would only hide.
 MAX_NORMALIZATION = 1.03
+#: Smallest MU rescaling used to bring a P1 dose limit that sequencing pushed over it back.
+MIN_NORMALIZATION = 0.97
 
 
 #: Hot-spot bound for normalization: the global maximum OpenATP accepts in a delivered plan
@@ -189,6 +191,8 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
     """Global MU scale ``f`` in [1, :data:`MAX_NORMALIZATION`] that restores unmet
     coverage goals, as clinics normalise a plan to the prescription, without making any
     met goal of any priority fail and without exceeding the global maximum-dose limit.
+    With no coverage to restore, a P1 dose limit that is exceeded is restored by scaling
+    down (:func:`_scale_down_for_p1_limits`).
 
     Coverage goals are the minimum-dose goals on ``targets`` (structure names) at any
     priority -- the P1 floor and the P2 protocol aim alike -- or, without ``targets``, the
@@ -203,9 +207,9 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
         return g.structure in targets if targets is not None else g.priority == 1
 
     need = [r.goal.dose_gy / r.achieved for r in base if coverage(r.goal) and r.met is False and r.achieved]
-    if not need:
-        return 1.0
     met_before = {i for i, r in enumerate(base) if r.met}
+    if not need:
+        return _scale_down_for_p1_limits(goals, base, dose_gy, masks, voxel_cc, met_before)
 
     def ok(f: float) -> bool:
         if max_dose_limit_gy is not None and float(dose_gy.max()) * f > max_dose_limit_gy + 1e-6:
@@ -222,6 +226,28 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return float(lo)
+
+
+def _scale_down_for_p1_limits(goals, base, dose_gy, masks, voxel_cc, met_before) -> float:
+    """MU scale ``f`` in [:data:`MIN_NORMALIZATION`, 1) that brings P1 dose limits (a cord
+    near-max pushed 1 % over its limit by sequencing) back under them, kept only if every P1
+    goal met before stays met; 1 otherwise. P1 outranks the lower-priority goals this may cost
+    (e.g. the P2 coverage aim)."""
+    from core.goals.evaluate import evaluate_goals
+    from core.goals.goal import GoalKind
+
+    over = [r.goal.dose_gy / r.achieved for r in base
+            if r.goal.priority == 1 and not r.goal.kind.is_lower_bound and r.met is False and r.achieved
+            and r.goal.kind is not GoalKind.MAX_VOLUME_AT_DOSE]
+    if not over:
+        return 1.0
+    f = min(over) * (1.0 - 1e-5)
+    if f < MIN_NORMALIZATION:
+        return 1.0
+    res = evaluate_goals(goals, dose_gy * np.float32(f), masks, voxel_cc)
+    p1_ok = all(r.met for r in res if r.goal.priority == 1 and r.met is not None)
+    p1_kept = all(res[i].met for i in met_before if base[i].goal.priority == 1)
+    return float(f) if p1_ok and p1_kept else 1.0
 
 
 def _scale_segments(segmented: list, f: float) -> list:

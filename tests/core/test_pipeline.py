@@ -199,3 +199,28 @@ def test_auto_dose_grid_reads_in_plane_spacing_from_the_axes():
     assert _auto_dose_grid_mm(pt((3.9, 3.9, 2.5), OPENKBP_AXES)) is None
     assert _auto_dose_grid_mm(pt((3.0, 1.0, 1.0), DICOM_AXES)) == 3.0
     assert _auto_dose_grid_mm(pt((2.5, 4.0, 4.0), DICOM_AXES)) is None
+
+
+def test_normalization_scales_down_for_a_p1_limit_only_while_p1_coverage_holds():
+    from core.pipeline import MIN_NORMALIZATION, normalization_factor
+
+    rng = np.random.default_rng(3)
+    target = np.zeros(1000, bool)
+    target[:500] = True
+    cord = ~target
+    dose = np.where(target, rng.uniform(68.0, 72.0, 1000), rng.uniform(10.0, 45.6, 1000)).astype(np.float32)
+    masks = {"PTV": target, "Cord": cord}
+    floor = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
+                                    "volume_pct": 95, "dose_gy": 66.5})
+    limit = ClinicalGoal.from_dict({"priority": 1, "structure": "Cord", "type": "max_dose_at_volume",
+                                    "volume_cc": 0.001, "dose_gy": 45.0})
+    from core.goals.evaluate import evaluate_goals
+
+    assert evaluate_goals([limit], dose, masks, 0.001)[0].met is False
+    f = normalization_factor([floor, limit], dose, masks, 0.001, None, targets={"PTV"})
+    assert MIN_NORMALIZATION <= f < 1.0
+    assert all(r.met for r in evaluate_goals([floor, limit], dose * np.float32(f), masks, 0.001))
+    # a coverage floor that the scaling would break keeps the plan as it is
+    tight = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
+                                    "volume_pct": 95, "dose_gy": float(np.percentile(dose[target], 5)) - 0.01})
+    assert normalization_factor([tight, limit], dose, masks, 0.001, None, targets={"PTV"}) == 1.0
