@@ -191,8 +191,8 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
     """Global MU scale ``f`` in [1, :data:`MAX_NORMALIZATION`] that restores unmet
     coverage goals, as clinics normalise a plan to the prescription, without making any
     met goal of any priority fail and without exceeding the global maximum-dose limit.
-    With no coverage to restore, a P1 dose limit that is exceeded is restored by scaling
-    down (:func:`_scale_down_for_p1_limits`).
+    A P1 dose limit that is exceeded comes first: it is restored by scaling down
+    (:func:`_scale_down_for_p1_limits`), never made worse by scaling up.
 
     Coverage goals are the minimum-dose goals on ``targets`` (structure names) at any
     priority -- the P1 floor and the P2 protocol aim alike -- or, without ``targets``, the
@@ -206,10 +206,13 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
             return False
         return g.structure in targets if targets is not None else g.priority == 1
 
-    need = [r.goal.dose_gy / r.achieved for r in base if coverage(r.goal) and r.met is False and r.achieved]
     met_before = {i for i, r in enumerate(base) if r.met}
-    if not need:
+    if any(r.goal.priority == 1 and not r.goal.kind.is_lower_bound and r.met is False for r in base):
+        # a P1 limit is exceeded: scaling up would only make it worse
         return _scale_down_for_p1_limits(goals, base, dose_gy, masks, voxel_cc, met_before)
+    need = [r.goal.dose_gy / r.achieved for r in base if coverage(r.goal) and r.met is False and r.achieved]
+    if not need:
+        return 1.0
 
     def ok(f: float) -> bool:
         if max_dose_limit_gy is not None and float(dose_gy.max()) * f > max_dose_limit_gy + 1e-6:

@@ -224,3 +224,7 @@ def test_normalization_scales_down_for_a_p1_limit_only_while_p1_coverage_holds()
     tight = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
                                     "volume_pct": 95, "dose_gy": float(np.percentile(dose[target], 5)) - 0.01})
     assert normalization_factor([tight, limit], dose, masks, 0.001, None, targets={"PTV"}) == 1.0
+    # an unmet P2 coverage aim does not scale a plan up past an exceeded P1 limit
+    aim = ClinicalGoal.from_dict({"priority": 2, "structure": "PTV", "type": "min_dose_at_volume",
+                                  "volume_pct": 95, "dose_gy": 70.0})
+    assert normalization_factor([floor, aim, limit], dose, masks, 0.001, None, targets={"PTV"}) < 1.0
