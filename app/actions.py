@@ -132,6 +132,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("plan.save_template", "Save goals as &institution template…", "&Plan",
                "planning.save_template_dialog", "save", None, False, "goals_idle",
                tip="Save the goal list as a protocol template in your institution's folder"),
+    ActionSpec("plan.refine", "Re&fine plan", "&Plan", "refinement.refine", None, "F10", False, "warm_idle",
+               tip="Warm refinement rounds from the current plan, same dose matrix: a new patch goal first, "
+                   "never breaking a met P1 goal"),
     ActionSpec("plan.compare", "Com&pare plans…", "&Plan", "compare.open", "compare", "Ctrl+Shift+C", True, "dose",
                tip="Two plans side by side: linked views, DVH overlay, goal-by-goal differences",
                separator_before=True),
@@ -158,6 +161,14 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("contour.interpolate", "&Interpolate slices", "&Contour", "contouring.interpolate", None,
                "Ctrl+Shift+L", enabled_when="patient",
                tip="Fill the empty slices between drawn slices (along the view last drawn in)"),
+    ActionSpec("contour.helper_rule", "&Helper structure from rule…", "&Contour",
+               "refinement.helper_from_rule_dialog", "structures", None, False, "idle_patient",
+               tip="Margin, boolean, ring, OAR minus PTV, PTV minus OAR, hot or cold patch; regenerated when its "
+                   "sources change", separator_before=True),
+    ActionSpec("contour.hot_patch", "Hot patch from &dose…", "&Contour", "refinement.hot_patch_dialog", None,
+               None, False, "dose",
+               tip="Voxels above a % of the prescription outside the targets on the shown plan; "
+                   "offers a max-dose goal on it"),
 
     ActionSpec("help.about", "&About OpenATP", "&Help", "window.show_about", "about"),
 )

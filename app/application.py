@@ -112,6 +112,9 @@ class Workstation(QObject):
         from app.controllers.review import ReviewController
 
         self.review = ReviewController(self)  # File > Open review study…
+        from app.controllers.refinement import RefinementController
+
+        self.refinement = RefinementController(self)  # helper rules, hot patch, Refine plan (issue #9)
         self.actions = action_table.build_actions(self, self.window)
         self.window.install_actions(self.actions)
         self.patients.install_recent_menu(self.actions["file.open_recent"])

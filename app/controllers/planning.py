@@ -318,24 +318,37 @@ class PlanningController(QObject):
         session.set_state(f"{len(goals_step.goals)} goals from '{goals_step.site}' ({how})")
 
     def _add_version(self, dose, result_info: dict, goals, optimization, achieved: dict, warm: bool,
-                     cancelled: bool = False, dij=None) -> PlanVersion:
+                     cancelled: bool = False, dij=None, tag: str | None = None) -> PlanVersion:
         session = self.ws.session
         key = session.next_plan_key()
-        name = f"{key} · {'warm' if warm else 'cold'}" + (" · cancelled" if cancelled else "")
+        name = f"{key} · {tag or ('warm' if warm else 'cold')}" + (" · cancelled" if cancelled else "")
         version = PlanVersion(key, name, tuple(goals), optimization, dict(achieved), warm, cancelled)
         session.add_version(PlanEntry(key, name, dose, result_info), version, dij=dij)
         return version
 
-    def _on_optimized(self, result) -> None:
+    #: Public name for other controllers (the refinement's cancelled rounds).
+    add_version = _add_version
+
+    def add_plan_result(self, result, tag: str | None = None) -> PlanVersion:
+        """A finished plan (:func:`core.planning_steps.optimize_step`'s PlanResult, or the
+        refinement's, with ``metrics["goal_values"]``) as a new plan version: shown, in the
+        history, its fluence and matrix the next warm start, its goals marked optimized."""
         from core.planning_steps import values_from_metrics
 
         session = self.ws.session
         m = result.metrics
         session.predicted_values.update(values_from_metrics(m, "predicted"))
         v = self._add_version(result.final_dose, {"result": result, "metrics": m}, result.goals,
-                              result.optimization, values_from_metrics(m), bool(m.get("warm_start")), dij=result.dij)
+                              result.optimization, values_from_metrics(m), bool(m.get("warm_start")), dij=result.dij,
+                              tag=tag)
         if self.table is not None:
             self.table.mark_optimized(v.goals)
+        return v
+
+    def _on_optimized(self, result) -> None:
+        session = self.ws.session
+        m = result.metrics
+        v = self.add_plan_result(result)
         t = m["timings_s"]
         p1 = "all P1 goals met" if m.get("all_p1_met") else "P1 goals NOT all met"
         session.set_state(f"{v.name} ready ({t['optimize']:.1f} s optimize, {t['total']:.1f} s total; {p1})")
