@@ -8,7 +8,7 @@ Handlers of the action table (``refinement.*``):
   plan's dose) -> the structure joins the session's patient -> ``session.changed(["structures"])``.
 * **Hot patch from dose…** (Contour menu): the same dialog opened on a hot patch (95 % of
   the prescription, 10 mm outside the targets); once made, a near-max goal on it is
-  offered (priority 3, 95 % of the patch's current maximum), with a warning naming the
+  offered (priority 3, 95 % of the patch's current near-max D0.03cc), with a warning naming the
   P1 goals it may fight (:func:`core.helper_structures.patch_conflicts`).
 * **Refine plan** (Plan menu, F10): :func:`core.optimization.refine.refine_plan` on the
   session's goals, dose-influence matrix and current fluence, then
@@ -40,7 +40,7 @@ from core.errors import Cancelled, InputError, OpenATPError
 
 #: Quick hot patch: defaults of "Hot patch from dose…" (the CLI's ``--patch-margin`` 10 mm).
 HOT_PATCH_DEFAULTS = {"threshold_pct": 95.0, "margin_mm": 10.0, "min_volume_cc": 0.1}
-#: The goal offered on a new hot patch: priority, and its value in % of the patch's current maximum.
+#: The goal offered on a new hot patch: priority, and its value in % of the patch's current near-max (D0.03cc).
 PATCH_GOAL_PRIORITY = 3
 PATCH_GOAL_PCT_OF_MAX = 95.0
 
@@ -346,18 +346,27 @@ class RefinementController(QObject):
     # -- the patch goal -------------------------------------------------------------------------------
     def patch_goal(self, name: str, dose, priority: int = PATCH_GOAL_PRIORITY,
                    pct_of_max: float = PATCH_GOAL_PCT_OF_MAX):
-        """The near-max (0.03 cc) goal offered on patch ``name``: ``pct_of_max`` % of its
-        maximum on ``dose`` (a Dose or an array on the patient grid)."""
+        """The near-max (D0.03cc) goal offered on patch ``name``: ``pct_of_max`` % of what
+        its near-max is on ``dose`` (a Dose or an array on the patient grid).
+
+        The value is taken on the goal's own metric, not the voxel maximum: on a patch of
+        a few voxels the two differ by several %, and a goal met on D0.03cc would stop the
+        refinement before the patch lost those 5 %.
+        """
         import numpy as np
 
         from core.goals.goal import ClinicalGoal, GoalKind
+        from core.planning_steps import goal_values
 
         patient = self.ws.session.patient
         mask = patient.structure(name).mask
-        dmax = float(np.asarray(getattr(dose, "dose_gy", dose))[mask].max())
-        return ClinicalGoal(priority, name, GoalKind.MAX_DOSE_AT_VOLUME, dose_gy=round(pct_of_max / 100.0 * dmax, 2),
-                            volume_cc=0.03, control=True,
-                            note=f"hot patch: {pct_of_max:g} % of its maximum {dmax:.2f} Gy")
+        arr = np.asarray(getattr(dose, "dose_gy", dose))
+        probe = ClinicalGoal(priority, name, GoalKind.MAX_DOSE_AT_VOLUME, dose_gy=1.0, volume_cc=0.03)
+        near_max = goal_values([probe], patient, arr)[(name, probe.metric)]
+        return ClinicalGoal(priority, name, GoalKind.MAX_DOSE_AT_VOLUME,
+                            dose_gy=round(pct_of_max / 100.0 * near_max, 2), volume_cc=0.03, control=True,
+                            note=f"hot patch: {pct_of_max:g} % of its D0.03cc {near_max:.2f} Gy "
+                                 f"(max {float(arr[mask].max()):.2f} Gy)")
 
     def offer_patch_goal(self, name: str, dose, add_goal: bool | None = None):
         """Offer the patch goal (a question; ``add_goal`` True/False answers it). Returns the goal."""

@@ -47,12 +47,18 @@ def loaded(qtbot, workstation, tmp_path):
     return ws
 
 
+def _idle(ws) -> bool:
+    # a structure change starts its DVH task after a short debounce: wait for that one too,
+    # or the next step would find the runner busy
+    return not ws.runner.busy and not ws.display._dvh_timer.isActive()
+
+
 def _run(qtbot, ws, task, timeout=120000):
     """Wait for a step's worker to succeed, then for everything it started (DVHs, regeneration)."""
     assert task is not None, ws.errors
     with qtbot.waitSignal(task.succeeded, timeout=timeout, raising=True):
         pass
-    qtbot.waitUntil(lambda: not ws.runner.busy, timeout=timeout)
+    qtbot.waitUntil(lambda: _idle(ws), timeout=timeout)
     assert ws.errors == [], ws.errors
 
 
@@ -99,11 +105,12 @@ def test_hot_patch_goal_refine_lowers_the_patch_and_keeps_p1(qtbot, loaded, monk
     max_before = float(dose1[patch.mask].max())
     goal = next(g for g in session.goals if g.structure == "Patch_hot")
     assert goal.priority == 3 and goal.metric == "D0.03cc"
-    assert goal.dose_gy == pytest.approx(0.95 * max_before, abs=0.01)
     row = next(i for i, g in enumerate(table.goals()) if g.structure == "Patch_hot")
     assert table.model.changed_rows() == [row]                # new: not optimized yet
-    # the table shows how far the plan is from it (D0.03cc interpolates below the voxel maximum)
-    assert goal.dose_gy < table.model.achieved(row) <= max_before and table.model.met(row) is False
+    # the table shows how far the plan is from it: the goal asks 95 % of the near-max now
+    near_max = table.model.achieved(row)
+    assert near_max <= max_before and goal.dose_gy == pytest.approx(0.95 * near_max, abs=0.01)
+    assert table.model.met(row) is False
     assert "Patch_hot" in ws.viewer_model.structures          # shown in the views
     assert ws.refinement.focus() == {"Patch_hot"}
 
@@ -153,7 +160,7 @@ def test_rule_made_ring_follows_an_edit_of_its_source(qtbot, loaded):
     r, c, s = m.to_screen(centre)
     ed.set_active_structure("SpinalCord")
     assert ed.fill_polygon("axial", int(s), [(r - 2, c + 1), (r - 2, c + 6), (r + 2, c + 6), (r + 2, c + 1)])
-    qtbot.waitUntil(lambda: not ws.runner.busy, timeout=20000)
+    qtbot.waitUntil(lambda: _idle(ws), timeout=20000)
     assert ws.errors == []
     grown = patient.structures["SpinalCord"].mask
     assert grown.sum() > cord.sum()
@@ -183,11 +190,11 @@ def test_bad_input_is_a_clear_message_and_changes_nothing(qtbot, loaded):
     ptv = patient.structures["PTV70"].mask
     dose = np.where(ptv, 72.0, 20.0).astype(np.float32)
     session.add_plan(PlanEntry("test dose", "test dose", Dose(dose, grid, "test")))
-    qtbot.waitUntil(lambda: not ws.runner.busy, timeout=20000)  # its DVHs
+    qtbot.waitUntil(lambda: _idle(ws), timeout=20000)  # its DVHs
     task = ws.refinement.hot_patch()
     with qtbot.waitSignal(task.failed, timeout=20000):
         pass
-    qtbot.waitUntil(lambda: not ws.runner.busy, timeout=20000)
+    qtbot.waitUntil(lambda: _idle(ws), timeout=20000)
     msg = _error(ws)
     assert "Patch_hot" in msg and "is empty" in msg and "66.50 Gy" in msg
     assert list(patient.structures) == names
@@ -199,7 +206,7 @@ def test_bad_input_is_a_clear_message_and_changes_nothing(qtbot, loaded):
     task = ws.refinement.hot_patch(threshold_pct=10.0, margin_mm=0.0, region="Couch")
     with qtbot.waitSignal(task.failed, timeout=20000):
         pass
-    qtbot.waitUntil(lambda: not ws.runner.busy, timeout=20000)
+    qtbot.waitUntil(lambda: _idle(ws), timeout=20000)
     assert "outside the body" in _error(ws) and list(patient.structures) == names
 
     # a name clash with a structure not made by a rule
@@ -213,7 +220,7 @@ def test_bad_input_is_a_clear_message_and_changes_nothing(qtbot, loaded):
     dlg.name_edit.setText("Ring_PTV")
     dlg.accept()
     assert not dlg.isVisible()
-    qtbot.waitUntil(lambda: not ws.runner.busy, timeout=20000)
+    qtbot.waitUntil(lambda: _idle(ws), timeout=20000)
     assert ws.errors == [] and "Ring_PTV" in patient.structures
     assert patient.structures["Ring_PTV"].role is StructureRole.HELPER
 
@@ -233,7 +240,7 @@ def test_cancel_keeps_the_best_round(qtbot, loaded):
     task.worker.progress.connect(lambda f, msg, eta: task.cancel(), Qt.ConnectionType.DirectConnection)
     with qtbot.waitSignal(task.cancelled, timeout=60000):
         pass
-    qtbot.waitUntil(lambda: not ws.runner.busy, timeout=60000)
+    qtbot.waitUntil(lambda: _idle(ws), timeout=60000)
     assert ws.errors == [] and [v.key for v in session.history] == [v1.key]
     assert session.state == "refinement cancelled: the plan is unchanged"
     assert session.optimization is v1.optimization
@@ -244,7 +251,7 @@ def test_cancel_keeps_the_best_round(qtbot, loaded):
                                  Qt.ConnectionType.DirectConnection)
     with qtbot.waitSignal(task.cancelled, timeout=60000):
         pass
-    qtbot.waitUntil(lambda: not ws.runner.busy, timeout=60000)
+    qtbot.waitUntil(lambda: _idle(ws), timeout=60000)
     assert ws.errors == [] and len(session.history) == 2, session.state
     v2 = session.history[1]
     assert v2.cancelled and "refined" in v2.name and session.active_plan == v2.key
