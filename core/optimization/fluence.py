@@ -79,6 +79,7 @@ class OptimizerOptions:
     conformity: FalloffSpec | None = field(default_factory=FalloffSpec)
     conformity_weight: float = 1.0
     oar_weight: float = 0.3              # final-level push of mean squared OAR dose
+    lower_weight: float = 0.01           # weight of the next level's goals in a level's objective (x0.1 per level)
     smooth_weight: float = 0.02          # fluence smoothness (neighbour differences)
     alara_slack_pct: float = 2.0
     unmet_slack_pct: float = 1.0
@@ -609,6 +610,17 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
             cons_values = {c[0]: c[1] for c in constraints}
             # the final level's objective has no zero to reach: hold the goals more firmly there
             rho0 = opts.constraint_weight * (opts.final_rho_factor if final else 1.0)
+            # lower-priority goals nudge the level with small weights, so that among the
+            # fluences meeting this level's goals it moves towards the ones the next levels
+            # want (without it, a 3 mm-grid head-and-neck case left P2 with parotid means of
+            # 58 Gy that P3, boxed in by P2's now-tight constraints, could not bring back)
+            nudge = []
+            if not final and opts.lower_weight > 0:
+                for i, t in enumerate(prob.terms):
+                    if t.goal.priority > prio:
+                        steps = priorities.index(t.goal.priority) - priorities.index(prio)
+                        v = None if t.goal.kind is GoalKind.ALARA else _tighten(t.goal, t.goal.value, opts.margin_pct)
+                        nudge.append((i, v, opts.lower_weight * 0.1 ** (steps - 1)))
             level = _Level(prio, obj, list(cons_values.items()), rho0, final)
             limit_ok = prob.max_dose_gy * (1 + opts.max_dose_tol_pct / 100.0)
 
@@ -627,8 +639,18 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
             final_budget = opts.final_maxiter if warm_start is None else max(20, opts.final_maxiter // 4)
             level_budget = opts.level_maxiter if warm_start is None else max(30, opts.level_maxiter // 3)
             budget = final_budget if final else level_budget
-            x_new, nit = run_level(level, x, budget,
-                                   done=None if final else done)
+            if nudge:
+                # first a third of the budget with the nudges; if that does not meet the
+                # level's goals, the rest without them: near its optimum a level's own
+                # squared-hinge penalties vanish and the nudges would take over
+                nudged = _Level(prio, obj + nudge, level.constraints, rho0, final)
+                x_new, nit = run_level(nudged, x, max(20, budget // 3), done=done)
+                ach_n = prob.achieved(x_new)
+                if not done(ach_n, prob.max_dose(x_new)):
+                    x_new, nit2 = run_level(level, x_new, budget - nit, done=done)
+                    nit += nit2
+            else:
+                x_new, nit = run_level(level, x, budget, done=None if final else done)
             repairs = 0
             accepted = True
             while True:

@@ -55,8 +55,11 @@ def test_cold_start_meets_tg119_like_goals_within_max_dose(toy, cold):
     assert all(r.met for r in res), [(r.goal.label, r.achieved) for r in res]
     w = cold["weights"]
     assert w.dtype == np.float32 and (w >= 0).all() and np.isfinite(w).all()
-    # the global maximum (106 % of 50 Gy) is a penalty constraint: allow 0.5 % over
-    assert dij.dose_on_grid(w).max() <= 53.0 * 1.005
+    # the global maximum (106 % of 50 Gy) is a penalty constraint, kept up to the
+    # optimizer's stated tolerance (max_dose_tol_pct)
+    from core.optimization.fluence import OptimizerOptions
+
+    assert dij.dose_on_grid(w).max() <= 53.0 * (1 + OptimizerOptions().max_dose_tol_pct / 100.0)
     assert cold["conflicts"] == []
 
 
