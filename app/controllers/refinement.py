@@ -8,7 +8,7 @@ Handlers of the action table (``refinement.*``):
   plan's dose) -> the structure joins the session's patient -> ``session.changed(["structures"])``.
 * **Hot patch from dose…** (Contour menu): the same dialog opened on a hot patch (95 % of
   the prescription, 10 mm outside the targets); once made, a near-max goal on it is
-  offered (priority 3, 95 % of the patch's current near-max D0.03cc), with a warning naming the
+  offered (priority 3, 92 % of the patch's current near-max D0.03cc), with a warning naming the
   P1 goals it may fight (:func:`core.helper_structures.patch_conflicts`).
 * **Refine plan** (Plan menu, F10): :func:`core.optimization.refine.refine_plan` on the
   session's goals, dose-influence matrix and current fluence, then
@@ -40,9 +40,12 @@ from core.errors import Cancelled, InputError, OpenATPError
 
 #: Quick hot patch: defaults of "Hot patch from dose…" (the CLI's ``--patch-margin`` 10 mm).
 HOT_PATCH_DEFAULTS = {"threshold_pct": 95.0, "margin_mm": 10.0, "min_volume_cc": 0.1}
-#: The goal offered on a new hot patch: priority, and its value in % of the patch's current near-max (D0.03cc).
+#: The goal offered on a new hot patch: priority, and its value in % of the patch's current
+#: near-max (D0.03cc). Refinement stops once the goal is met on the ideal fluence and leaf
+#: sequencing gives about 1 % back: a 95 % goal lowered the demo patient's patch maximum by
+#: only 4.4 % as delivered, so the offer aims 8 % down (the planner can edit it).
 PATCH_GOAL_PRIORITY = 3
-PATCH_GOAL_PCT_OF_MAX = 95.0
+PATCH_GOAL_PCT_OF_MAX = 92.0
 
 
 def _copy_patient(patient):
