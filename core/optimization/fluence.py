@@ -80,6 +80,7 @@ class OptimizerOptions:
     conformity_weight: float = 1.0
     oar_weight: float = 0.3              # final-level push of mean squared OAR dose
     lower_weight: float = 0.01           # weight of the next level's goals in a level's objective (x0.1 per level)
+    oar_stretch_pct: float = 10.0        # organ mean-dose goals below P1 are aimed this much below their value
     smooth_weight: float = 0.02          # fluence smoothness (neighbour differences)
     alara_slack_pct: float = 2.0
     unmet_slack_pct: float = 1.0
@@ -573,6 +574,11 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
 
     levels_log = []
     constraints: list = []      # [term index, value, was_met, achieved_then]
+    # organ mean-dose goals below P1 (personalised from a prediction, usually met with room)
+    # are aimed lower than their value: the goal is the least the plan must do for the organ
+    stretch = {i for i, t in enumerate(prob.terms)
+               if opts.oar_stretch_pct > 0 and t.goal.kind is GoalKind.MAX_MEAN and t.goal.priority > 1
+               and t.goal.structure not in rx_by_target}
     try:
         if warm_start is None and opts.warmup_maxiter > 0:
             # Cold start: one weighted pass over all goals (weight 10^-(rank) per priority
@@ -594,6 +600,8 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                 for i, t in enumerate(prob.terms):
                     if t.goal.priority == prio:
                         v = None if t.goal.kind is GoalKind.ALARA else _tighten(t.goal, t.goal.value, opts.margin_pct)
+                        if i in stretch:
+                            v = _tighten(t.goal, t.goal.value, opts.oar_stretch_pct)
                         obj.append((i, v, 1.0))
             if not final and not obj:
                 continue
@@ -626,10 +634,13 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
 
             def done(ach, dmax, obj=obj):
                 # a goal level is done when its goals are met with half the margin to spare
-                # (so that the levels below have room) and nothing above it broke
+                # (so that the levels below have room; stretched organ goals half their
+                # stretch) and nothing above it broke
                 return (dmax <= limit_ok
                         and all(prob.terms[i].goal.kind is not GoalKind.ALARA
-                                and _met_value(prob.terms[i].goal, ach[i], opts.margin_pct / 2) for i, _, _ in obj)
+                                and _met_value(prob.terms[i].goal, ach[i],
+                                               opts.oar_stretch_pct / 2 if i in stretch else opts.margin_pct / 2)
+                                for i, _, _ in obj)
                         and all(is_met(prob.terms[c[0]].goal, ach[c[0]]) for c in constraints if c[2]))
 
             # a warm start begins next to a plan whose levels all ran: a goal level that is
@@ -697,6 +708,10 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                     t = prob.terms[i]
                     if t.goal.kind is GoalKind.ALARA:
                         constraints.append([i, ach[i] * (1 + opts.alara_slack_pct / 100.0), False, ach[i]])
+                    elif is_met(t.goal, ach[i]) and i in stretch:
+                        # what the stretch won is kept (with the ALARA slack), never looser than the goal
+                        held = min(_tighten(t.goal, t.goal.value, opts.margin_pct), ach[i] * (1 + opts.alara_slack_pct / 100.0))
+                        constraints.append([i, held, True, ach[i]])
                     elif is_met(t.goal, ach[i]):
                         constraints.append([i, _tighten(t.goal, t.goal.value, opts.margin_pct), True, ach[i]])
                     else:
