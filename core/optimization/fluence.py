@@ -468,7 +468,6 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
     raised whose ``result`` is this dict for the best fluence so far (the last accepted
     level, or the current iterate before any level was accepted), with ``cancelled=True``.
     """
-    import torch
     from scipy.optimize import Bounds, minimize
 
     t0 = time.perf_counter()
