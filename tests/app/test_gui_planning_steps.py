@@ -16,20 +16,6 @@ from core.goals.goal import GoalKind
 from widgets.goal_table import COL_VALUE
 
 
-@pytest.fixture
-def workstation(qtbot, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENATP_SETTINGS_DIR", str(tmp_path / "settings"))
-    monkeypatch.setenv("OPENATP_USER_DIR", str(tmp_path / "user"))
-    from app.application import Workstation, ensure_qapp
-
-    ensure_qapp()
-    ws = Workstation(headless=True, theme="dark")
-    qtbot.addWidget(ws.window)
-    ws.window.resize(1400, 900)
-    ws.window.show()
-    qtbot.waitExposed(ws.window)
-    yield ws
-    ws.runner.shutdown()
 
 
 @pytest.fixture

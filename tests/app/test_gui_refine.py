@@ -20,20 +20,6 @@ from core import helper_structures as hs
 from app.controllers.refinement import PATCH_GOAL_PCT_OF_MAX
 
 
-@pytest.fixture
-def workstation(qtbot, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENATP_SETTINGS_DIR", str(tmp_path / "settings"))
-    monkeypatch.setenv("OPENATP_USER_DIR", str(tmp_path / "user"))
-    from app.application import Workstation, ensure_qapp
-
-    ensure_qapp()
-    ws = Workstation(headless=True, theme="dark")
-    qtbot.addWidget(ws.window)
-    ws.window.resize(1400, 900)
-    ws.window.show()
-    qtbot.waitExposed(ws.window)
-    yield ws
-    ws.runner.shutdown()
 
 
 @pytest.fixture

@@ -8,19 +8,6 @@ from PySide6.QtCore import Qt
 from app import actions as action_table
 
 
-@pytest.fixture
-def workstation(qtbot, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENATP_SETTINGS_DIR", str(tmp_path))
-    from app.application import Workstation, ensure_qapp
-
-    ensure_qapp()
-    ws = Workstation(headless=True, theme="dark")
-    qtbot.addWidget(ws.window)
-    ws.window.resize(1400, 900)
-    ws.window.show()
-    qtbot.waitExposed(ws.window)
-    yield ws
-    ws.runner.shutdown()
 
 
 def _load_demo(qtbot, ws, demo_case):

@@ -1,0 +1,23 @@
+"""Shared fixtures of the workstation tests."""
+
+import pytest
+
+import widgets  # noqa: F401  (PySide6 reference-count work-around before any Qt use)
+
+
+@pytest.fixture
+def workstation(qtbot, tmp_path, monkeypatch):
+    """A shown workstation window (headless: errors are collected, not shown as dialogs) with
+    its settings and user data in the test's temporary folder; its tasks stop afterwards."""
+    monkeypatch.setenv("OPENATP_SETTINGS_DIR", str(tmp_path / "settings"))
+    monkeypatch.setenv("OPENATP_USER_DIR", str(tmp_path / "user"))
+    from app.application import Workstation, ensure_qapp
+
+    ensure_qapp()
+    ws = Workstation(headless=True, theme="dark")
+    qtbot.addWidget(ws.window)
+    ws.window.resize(1400, 900)
+    ws.window.show()
+    qtbot.waitExposed(ws.window)
+    yield ws
+    ws.runner.shutdown()
