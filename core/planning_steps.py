@@ -110,16 +110,9 @@ def goal_values(goals, patient, dose) -> dict:
         Goals on a structure the patient lacks, or on an empty one, are left out.
     """
     from core.goals.evaluate import achieved_value
+    from core.goals.from_prediction import dose_on_patient_grid
 
-    arr = getattr(dose, "dose_gy", dose)
-    grid = getattr(dose, "grid", None)
-    if grid is not None and not grid.same_as(patient.grid):
-        from core.geometry import resample_to_grid
-
-        arr = resample_to_grid(np.asarray(arr, dtype=np.float32), grid, patient.grid, order=1)
-    arr = np.asarray(arr)
-    if arr.shape != patient.grid.shape:
-        raise InputError(f"the dose {arr.shape} is not on the patient's grid {patient.grid.shape}")
+    arr = dose_on_patient_grid(dose, patient)
     out: dict = {}
     voxel_cc = patient.grid.voxel_volume_cc
     for g in goals:

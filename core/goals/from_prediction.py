@@ -78,12 +78,9 @@ def goals_from_dose(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: float) ->
     return out, warnings
 
 
-def goals_from_prediction(goals, patient, dose) -> tuple[list, list]:
-    """:func:`goals_from_dose` for a :class:`core.patient.Patient` and a dose on its grid.
-
-    ``dose`` is a :class:`core.patient.Dose` or a float array of ``patient.grid.shape``.
-    """
-    goals = list(goals)
+def dose_on_patient_grid(dose, patient) -> np.ndarray:
+    """The dose array (Gy) on ``patient.grid``: a :class:`core.patient.Dose` on another grid
+    is resampled (linear), a bare array must already have the patient grid's shape."""
     arr = getattr(dose, "dose_gy", dose)
     grid = getattr(dose, "grid", None)
     if grid is not None and not grid.same_as(patient.grid):
@@ -93,6 +90,16 @@ def goals_from_prediction(goals, patient, dose) -> tuple[list, list]:
     arr = np.asarray(arr)
     if arr.shape != patient.grid.shape:
         raise GeometryError(f"dose {arr.shape} does not match the patient grid {patient.grid.shape}")
+    return arr
+
+
+def goals_from_prediction(goals, patient, dose) -> tuple[list, list]:
+    """:func:`goals_from_dose` for a :class:`core.patient.Patient` and a dose on its grid.
+
+    ``dose`` is a :class:`core.patient.Dose` or a float array of ``patient.grid.shape``.
+    """
+    goals = list(goals)
+    arr = dose_on_patient_grid(dose, patient)
     masks = {n: s.mask for n, s in patient.structures.items()}
     out, warnings = goals_from_dose(goals, arr, masks, patient.grid.voxel_volume_cc)
     # Target goals are protocol values, not anatomy-dependent ones: a prediction (or a
