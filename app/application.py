@@ -63,6 +63,29 @@ def ensure_qapp(argv=None) -> QApplication:
     return app
 
 
+#: The planning modules are imported this long after start, while the planner looks at the
+#: patient: importing them holds the interpreter lock for up to half a second, which on a
+#: worker started by the Plan button stalled the GUI thread (bench/gui.py responsiveness).
+PRELOAD_DELAY_MS = 3000
+_PRELOAD = ("torch", "core.pipeline", "core.optimization.fluence", "core.dose.influence", "core.prediction.predict",
+            "core.delivery.sequencing", "core.evaluation.dvh", "scipy.optimize")
+
+
+def preload_planning_modules() -> None:
+    """Import the planning core on a plain background thread (no task, no progress bar)."""
+    import importlib
+    import threading
+
+    def run():
+        for name in _PRELOAD:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - a module that fails here fails again, reported, when used
+                return
+
+    threading.Thread(target=run, name="openatp-preload", daemon=True).start()
+
+
 def error_text(exc: BaseException) -> tuple[str, str]:
     """(message for the planner, details) of an exception."""
     if isinstance(exc, OpenATPError):
@@ -292,6 +315,8 @@ def run_gui(patient: str | None = None, screenshot: str | None = None, phantom_f
             QTimer.singleShot(0, finish)
     # Probe CPU/GPU for the status bar once the first frame is up (torch import is slow).
     QTimer.singleShot(200, lambda: ws.probe_device(device))
+    if not screenshot:
+        QTimer.singleShot(PRELOAD_DELAY_MS, preload_planning_modules)
     app.exec()
     crash.uninstall()
     ws.runner.shutdown()
