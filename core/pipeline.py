@@ -207,9 +207,11 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
         return g.structure in targets if targets is not None else g.priority == 1
 
     met_before = {i for i, r in enumerate(base) if r.met}
-    if any(r.goal.priority == 1 and not r.goal.kind.is_lower_bound and r.met is False for r in base):
-        # a P1 limit is exceeded: scaling up would only make it worse
-        return _scale_down_for_p1_limits(goals, base, dose_gy, masks, voxel_cc, met_before)
+    hot = max_dose_limit_gy is not None and float(dose_gy.max()) > max_dose_limit_gy + 1e-6
+    if hot or any(r.goal.priority == 1 and not r.goal.kind.is_lower_bound and r.met is False for r in base):
+        # a P1 limit or the global maximum is exceeded: scaling up would only make it worse
+        return _scale_down_for_p1_limits(goals, base, dose_gy, masks, voxel_cc, met_before,
+                                         max_dose_limit_gy if hot else None)
     need = [r.goal.dose_gy / r.achieved for r in base if coverage(r.goal) and r.met is False and r.achieved]
     if not need:
         return 1.0
@@ -231,17 +233,21 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
     return float(lo)
 
 
-def _scale_down_for_p1_limits(goals, base, dose_gy, masks, voxel_cc, met_before) -> float:
+def _scale_down_for_p1_limits(goals, base, dose_gy, masks, voxel_cc, met_before,
+                              max_dose_limit_gy: float | None = None) -> float:
     """MU scale ``f`` in [:data:`MIN_NORMALIZATION`, 1) that brings P1 dose limits (a cord
-    near-max pushed 1 % over its limit by sequencing) back under them, kept only if every P1
-    goal met before stays met; 1 otherwise. P1 outranks the lower-priority goals this may cost
-    (e.g. the P2 coverage aim)."""
+    near-max pushed 1 % over its limit by sequencing) and the global maximum (when
+    ``max_dose_limit_gy`` is given) back under them, kept only if every P1 goal met before
+    stays met; 1 otherwise. P1 outranks the lower-priority goals this may cost (e.g. the P2
+    coverage aim)."""
     from core.goals.evaluate import evaluate_goals
     from core.goals.goal import GoalKind
 
     over = [r.goal.dose_gy / r.achieved for r in base
             if r.goal.priority == 1 and not r.goal.kind.is_lower_bound and r.met is False and r.achieved
             and r.goal.kind is not GoalKind.MAX_VOLUME_AT_DOSE]
+    if max_dose_limit_gy is not None:
+        over.append(max_dose_limit_gy / float(dose_gy.max()))
     if not over:
         return 1.0
     f = min(over) * (1.0 - 1e-5)

@@ -228,3 +228,22 @@ def test_normalization_scales_down_for_a_p1_limit_only_while_p1_coverage_holds()
     aim = ClinicalGoal.from_dict({"priority": 2, "structure": "PTV", "type": "min_dose_at_volume",
                                   "volume_pct": 95, "dose_gy": 70.0})
     assert normalization_factor([floor, aim, limit], dose, masks, 0.001, None, targets={"PTV"}) < 1.0
+
+
+def test_normalization_scales_a_plan_over_the_global_maximum_down_while_p1_holds():
+    from core.pipeline import normalization_factor
+
+    rng = np.random.default_rng(4)
+    target = np.zeros(1000, bool)
+    target[:500] = True
+    dose = np.where(target, rng.uniform(68.0, 72.0, 1000), rng.uniform(10.0, 40.0, 1000)).astype(np.float32)
+    dose[0] = 77.3  # one hot voxel over a 77 Gy (110 %) limit after sequencing
+    masks = {"PTV": target, "OAR": ~target}
+    floor = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
+                                    "volume_pct": 95, "dose_gy": 66.5})
+    f = normalization_factor([floor], dose, masks, 0.001, 77.0, targets={"PTV"})
+    assert f < 1.0 and float(dose.max()) * f <= 77.0 + 1e-4
+    # not when it would cost the P1 coverage floor
+    tight = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
+                                    "volume_pct": 95, "dose_gy": float(np.percentile(dose[target], 5)) - 0.01})
+    assert normalization_factor([tight], dose, masks, 0.001, 77.0, targets={"PTV"}) == 1.0
