@@ -7,7 +7,7 @@ restore the layout (``saveState`` / ``restoreState``).
 
 from __future__ import annotations
 
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt, Signal
+from PySide6.QtCore import QByteArray, Qt, Signal
 from PySide6.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow,
                                QMessageBox, QTabBar, QTabWidget, QToolBar)
 
@@ -17,6 +17,7 @@ from widgets.ct_viewer import CtViewer
 from widgets.dvh_panel import DvhPanel
 from widgets.goal_table import GoalTable
 from widgets.icons import icon
+from widgets.snapshot import save_widget_png, widget_png_bytes
 from widgets.structure_list import StructureList
 from widgets.task_progress import TaskProgress
 from widgets.theme import apply_theme
@@ -195,17 +196,10 @@ class MainWindow(QMainWindow):
         self.themeChanged.emit(name)
 
     def png_bytes(self) -> bytes:
-        """The window (all docks, VTK included on a real display) as PNG bytes."""
-        pixmap = self.grab()
-        buf = QBuffer()
-        buf.open(QIODevice.OpenModeFlag.WriteOnly)
-        pixmap.save(buf, "PNG")
-        return bytes(buf.data())
+        return widget_png_bytes(self)
 
     def save_png(self, path) -> None:
-        from core.io.atomic import atomic_write_bytes
-
-        atomic_write_bytes(path, self.png_bytes())
+        save_widget_png(self, path)
 
     def save_screenshot_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "openatp.png", "PNG image (*.png)")

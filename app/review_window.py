@@ -13,11 +13,12 @@ import time
 import traceback
 
 import widgets  # noqa: F401  (applies the PySide6 reference-count work-around first)
-from PySide6.QtCore import QBuffer, QIODevice, QTimer, Signal
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox
 
 from widgets.review_panel import ReviewPanel
+from widgets.snapshot import save_widget_png, widget_png_bytes
 from widgets.task_progress import TaskProgress
 
 
@@ -83,16 +84,10 @@ class ReviewWindow(QMainWindow):
         box.open()
 
     def png_bytes(self) -> bytes:
-        pixmap = self.grab()
-        buf = QBuffer()
-        buf.open(QIODevice.OpenModeFlag.WriteOnly)
-        pixmap.save(buf, "PNG")
-        return bytes(buf.data())
+        return widget_png_bytes(self)
 
     def save_png(self, path) -> None:
-        from core.io.atomic import atomic_write_bytes
-
-        atomic_write_bytes(path, self.png_bytes())
+        save_widget_png(self, path)
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.closing.emit()

@@ -61,9 +61,9 @@ def test_env_variable_wins_and_is_not_created(clean_env, monkeypatch, tmp_path):
     assert paths.user_data_dir(create=True) == target and target.is_dir()
 
 
+@pytest.mark.skipif(sys.platform.startswith(("win", "darwin")),
+                    reason="Linux layout checked here; the others by test_platform_user_dir")
 def test_default_is_the_platform_folder(clean_env):
-    if sys.platform.startswith(("win", "darwin")):
-        pytest.skip("Linux layout checked here; the others by test_platform_user_dir")
     assert paths.user_data_dir() == clean_env / ".local" / "share" / "OpenATP"
 
 
