@@ -21,3 +21,18 @@ def workstation(qtbot, tmp_path, monkeypatch):
     qtbot.waitExposed(ws.window)
     yield ws
     ws.runner.shutdown()
+
+
+@pytest.fixture
+def loaded(qtbot, workstation, tmp_path):
+    """The workstation with the small synthetic head-and-neck case of the pipeline tests
+    (written as an OpenKBP-like file and opened through the loader)."""
+    from tests.app.test_cli_plan import write_openkbp_like
+    from tests.core.test_pipeline import small_patient
+
+    ws = workstation
+    case = tmp_path / "pt_small.npz"
+    write_openkbp_like(case, small_patient())
+    ws.patients.load(str(case))
+    qtbot.waitUntil(lambda: ws.session.has_patient and not ws.runner.busy, timeout=20000)
+    return ws

@@ -16,21 +16,6 @@ from core.goals.goal import GoalKind
 from widgets.goal_table import COL_VALUE
 
 
-
-
-@pytest.fixture
-def loaded(qtbot, workstation, tmp_path):
-    from tests.app.test_cli_plan import write_openkbp_like
-    from tests.core.test_pipeline import small_patient
-
-    ws = workstation
-    case = tmp_path / "pt_small.npz"
-    write_openkbp_like(case, small_patient())
-    ws.patients.load(str(case))
-    qtbot.waitUntil(lambda: ws.session.has_patient and not ws.runner.busy, timeout=20000)
-    return ws
-
-
 def _run(qtbot, ws, task, timeout=120000):
     """Wait for a step's worker to succeed, then for the DVH update it starts."""
     assert task is not None

@@ -20,21 +20,6 @@ from core import helper_structures as hs
 from app.controllers.refinement import PATCH_GOAL_PCT_OF_MAX
 
 
-
-
-@pytest.fixture
-def loaded(qtbot, workstation, tmp_path):
-    from tests.app.test_cli_plan import write_openkbp_like
-    from tests.core.test_pipeline import small_patient
-
-    ws = workstation
-    case = tmp_path / "pt_small.npz"
-    write_openkbp_like(case, small_patient())
-    ws.patients.load(str(case))
-    qtbot.waitUntil(lambda: ws.session.has_patient and not ws.runner.busy, timeout=20000)
-    return ws
-
-
 def _idle(ws) -> bool:
     # a structure change starts its DVH task after a short debounce: wait for that one too,
     # or the next step would find the runner busy
