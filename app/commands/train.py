@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--layers-per-block", type=int, default=None)
     p.add_argument("--max-channels", type=int, default=None)
     p.add_argument("--alpha", type=float, default=1.0, help="total loss weight of the structures relative to the body")
+    p.add_argument("--loss", choices=("mse", "l1"), default=None,
+                   help="training loss (default mse); with --resume it switches the loss from there on")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training cases (tests)")
     p.add_argument("--resume", action="store_true", help="continue from MODEL/checkpoint_last.pt")
@@ -95,7 +97,7 @@ def run(args) -> int:
         raise InputError("--extend-epochs needs --resume (it extends an existing run)")
     result = train(caches["train"], caches["validation"], out, cfg, resume=args.resume, device=device,
                    progress=progress_for(args), log=_log, extend_epochs=args.extend_epochs,
-                   extend_lr=args.extend_lr)
+                   extend_lr=args.extend_lr, loss=args.loss)
     if args.json:
         emit_json({"epochs": result["epochs"], "best_val_loss": result["best_val_loss"],
                    "best_dose_score_gy": result["best_dose_score_gy"],

@@ -9,7 +9,11 @@ from each target (mm)::
 (the shape of the "normal tissue objective" of commercial planning systems, e.g.
 Eclipse's NTO: start 100 %, end ~ 40-60 %, exponential fall-off). Voxels above their
 limit are penalised quadratically at the lowest priority, so conformity never costs a
-clinical goal. :func:`ring_mask` builds helper rings (inner/outer mm) for templates.
+clinical goal. Inside the targets, :func:`homogeneity_limits` caps each voxel at its own
+prescription plus a few per cent, except where a higher-dose target's fall-off allows
+more (a simultaneous boost must still be able to fall off through the lower target): a
+homogeneous target with a steep edge is what keeps the prescription isodose conformal.
+:func:`ring_mask` builds helper rings (inner/outer mm) for templates.
 """
 
 from __future__ import annotations
@@ -76,6 +80,31 @@ def falloff_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec: Fa
         inside |= mask
     limit[inside] = np.nan
     return limit, dist_min
+
+
+def homogeneity_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec: FalloffSpec,
+                       over_pct: float) -> np.ndarray:
+    """Per-voxel dose limits inside the targets (``nan`` outside them).
+
+    A voxel of a target with prescription ``Rx`` (the highest one where targets overlap)
+    may receive ``Rx * (1 + over_pct / 100)``, or more where a target with a higher
+    prescription is near: then its fall-off limit :meth:`FalloffSpec.limit` applies.
+    """
+    if not targets:
+        raise InputError("homogeneity control needs at least one target")
+    if over_pct < 0:
+        raise InputError(f"the homogeneity allowance must be >= 0 %, got {over_pct}")
+    own = np.zeros(grid.shape, dtype=np.float32)
+    for mask, rx in targets:
+        own[mask] = np.maximum(own[mask], rx)
+    limit = np.where(own > 0, own * np.float32(1.0 + over_pct / 100.0), np.nan).astype(np.float32)
+    for mask, rx in targets:
+        lower = (own > 0) & (own < rx)
+        if lower.any():
+            r = distance_outside_mm(mask, grid)
+            np.maximum(limit, np.where(lower, spec.limit(rx, r), -np.inf).astype(np.float32), out=limit,
+                       where=lower)
+    return limit
 
 
 def ring_mask(target: np.ndarray, grid: Grid, inner_mm: float, outer_mm: float,

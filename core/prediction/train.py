@@ -7,7 +7,8 @@ Recipe (CPU default; see ``resources/models/hn/MODEL_CARD.md`` for what was run)
   no fixed patch, so small necks cost less than large shoulders);
 - augmentation: left-right flip (p = 0.5, parotid channels swapped), rotation in the
   axial plane +-10 deg, isotropic scaling +-10 %, sub-voxel translation;
-- loss: weighted MSE of dose / reference dose inside the body. Voxel weight
+- loss: weighted MSE (or, with ``loss="l1"``, weighted mean absolute error, the measure
+  the OpenKBP dose score uses) of dose / reference dose inside the body. Voxel weight
   ``1 + (alpha / S) * sum_s occ_s / f_s`` with ``f_s`` the structure's volume fraction
   of the body and ``S`` the number of structures present: every structure carries as
   much total weight as the body when ``alpha = S`` (the published reciprocal-volume
@@ -60,6 +61,7 @@ class TrainConfig:
     unet: dict = field(default_factory=lambda: {"base_channels": 16, "growth": 8, "depth": 4,
                                                 "layers_per_block": 2})
     limit_train: int | None = None
+    loss: str = "mse"
 
 
 # --------------------------------------------------------------------------------------
@@ -226,9 +228,17 @@ def weighted_mse(pred, y, w):
     return (w * (pred - y) ** 2).sum() / w.sum().clamp_min(1e-6)
 
 
-def train_step(net, opt, x, y, w) -> float:
+def weighted_l1(pred, y, w):
+    """Weighted mean absolute error: ``sum(w * |pred - y|) / sum(w)``."""
+    return (w * (pred - y).abs()).sum() / w.sum().clamp_min(1e-6)
+
+
+LOSSES = {"mse": weighted_mse, "l1": weighted_l1}
+
+
+def train_step(net, opt, x, y, w, loss_fn=weighted_mse) -> float:
     """One optimiser step on one batch; returns the loss before the step."""
-    loss = weighted_mse(net(x), y, w)
+    loss = loss_fn(net(x), y, w)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -249,13 +259,14 @@ def _lr_at(step: int, total: int, cfg: TrainConfig, phases=None) -> float:
 
 def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, cfg: TrainConfig,
           resume: bool = False, device="cpu", progress=None, cancel=None, log=None,
-          extend_epochs: int = 0, extend_lr: float | None = None) -> dict:
+          extend_epochs: int = 0, extend_lr: float | None = None, loss: str | None = None) -> dict:
     """Train (or resume) a model; writes ``model.pt`` (best), ``config.json``,
     ``checkpoint_last.pt`` and ``train_log.jsonl`` into ``out_dir``.
 
     ``extend_epochs`` (with ``resume``) adds epochs to the plan: a new cosine phase from
     ``extend_lr`` (default: the learning rate at the resume point, or 1e-4 if the run had
-    already decayed below it) to ``lr_min`` over the remaining steps.
+    already decayed below it) to ``lr_min`` over the remaining steps. ``loss`` ("mse" or
+    "l1") overrides the configured loss from here on (a resumed run may fine-tune with L1).
 
     Returns ``{"epochs", "best_val_loss", "best_dose_score_gy", "best_dvh_score_gy", "seconds"}``
     (``best_val_loss`` is the best validation dose score, Gy).
@@ -279,6 +290,15 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         cfg = TrainConfig(**state["cfg"])
         log(f"resuming from epoch {state['epoch']}")
+    if loss is not None:
+        if loss not in LOSSES:
+            raise InputError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)}")
+        if loss != cfg.loss:
+            log(f"loss {cfg.loss} -> {loss}")
+        cfg = TrainConfig(**{**asdict(cfg), "loss": loss})
+    if cfg.loss not in LOSSES:
+        raise InputError(f"unknown loss {cfg.loss!r}; choose one of {sorted(LOSSES)}")
+    loss_fn = LOSSES[cfg.loss]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
@@ -349,7 +369,7 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
             step = epoch * n + k
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, planned_epochs * n, cfg, phases)
-            losses.append(train_step(net, opt, x, y, w))
+            losses.append(train_step(net, opt, x, y, w, loss_fn))
             step_times.append(time.perf_counter() - ts)
             done = epoch * n + k + 1
             report(progress, done, planned_epochs * n, f"epoch {epoch + 1}/{planned_epochs}",
@@ -361,7 +381,7 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
         train_s = time.perf_counter() - te
         scores = validate(net, val_cases, site, device)
         epoch += 1
-        rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+        rec = {"epoch": epoch, "loss": cfg.loss, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
                "epoch_train_s": train_s, "elapsed_s": time.perf_counter() - t0, **scores}
         history.append(rec)
         improved = best is None or scores["dose_score_gy"] < best["dose_score_gy"]

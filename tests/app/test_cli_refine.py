@@ -51,9 +51,15 @@ def test_refine_with_a_hot_patch(planned, capsys):
     s = m["refine"]
     assert s["dose_matrix_reused"] and s["accepted_rounds"] >= 1 and m["all_p1_met"]
     patch = s["patch"]
-    assert patch["max_after_gy"] <= 0.95 * patch["max_before_gy"], patch     # the issue's >= 5 % target
-    assert any(g["structure"] == "Patch_hot" and g["control"] for g in m["goals"])
+    # the patch carries a near-max goal (D0.03cc <= 80 % of 70 Gy), unmet in the first plan:
+    # the delivered plan meets it, its near-max fell by the issue's >= 5 %, and the hottest
+    # single voxel (not what the goal aims at) fell too
+    goal = next(g for g in m["goals"] if g["structure"] == "Patch_hot")
+    assert goal["control"] and goal["met"], goal
     log = json.loads((out / "refine_log.json").read_text())
+    before = next(mv["from"] for mv in log["rounds"][0]["moved"] if mv["goal"].startswith("P2 Patch_hot"))
+    assert before > goal["dose_gy"] and goal["achieved"] <= 0.95 * before, (before, goal)
+    assert patch["max_after_gy"] < patch["max_before_gy"], patch
     assert log["rounds"][0]["changes"] and log["summary"]["patch"]["conflicts"]   # 4 mm from the PTV: warned
     assert set(log["oar_change_by_structure"]) == {"SpinalCord"}
     hist = json.loads((out / "history" / "history.json").read_text())

@@ -38,7 +38,8 @@ GOALS = [ClinicalGoal(1, "Target", K.MIN_DOSE_AT_VOLUME, 50.0, 95),
 
 def test_plan_result_and_metrics(case):
     p, dij = case
-    opts = OptimizerOptions(level_maxiter=60, final_maxiter=20)  # a smoke run: the goal checks stay exact
+    # a short run (the goal checks stay exact): with the conformity nudge P1 takes ~160 iterations here
+    opts = OptimizerOptions(level_maxiter=200, final_maxiter=20)
     res = optimize_plan(p, GOALS, dij, options=opts)
     assert res.dose_gy.shape == p.grid.shape and res.dose_gy.dtype == np.float32
     assert res.all_p1_met and res.goal_results[0].met

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from core.prediction.cache import build_cache, load_cache  # noqa: E402
 from core.prediction.sites import get_site  # noqa: E402
 from core.prediction.train import (TrainConfig, augment_sample, loss_weights, prepare_train_case,  # noqa: E402
-                                   train, train_step, weighted_mse)
+                                   train, train_step, weighted_l1, weighted_mse)
 from core.prediction.unet import CADUNet, UNetConfig  # noqa: E402
 
 from .synth import openkbp_arrays, write_case  # noqa: E402
@@ -49,17 +49,25 @@ def test_cache_round_trip_matches_the_source(caches):
     assert np.abs(c.ct_hu[c.body] - ct_hu[c.body]).max() <= 5.0
 
 
-def test_one_training_step_lowers_the_loss():
+@pytest.mark.parametrize("loss_fn", [weighted_mse, weighted_l1])
+def test_one_training_step_lowers_the_loss(loss_fn):
     torch.manual_seed(0)
     net = CADUNet(UNetConfig(in_channels=11, **TINY))
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     x = torch.randn(2, 11, 8, 8, 8)
     y = torch.sigmoid(x[:, 9:10])  # a target the inputs determine
     w = torch.ones_like(y)
-    before = train_step(net, opt, x, y, w)
+    before = train_step(net, opt, x, y, w, loss_fn)
     with torch.no_grad():
-        after = float(weighted_mse(net(x), y, w))
+        after = float(loss_fn(net(x), y, w))
     assert after < before
+
+
+def test_weighted_l1_is_the_weighted_mean_absolute_error():
+    pred = torch.tensor([1.0, 2.0, 4.0])
+    y = torch.tensor([1.5, 2.0, 1.0])
+    w = torch.tensor([2.0, 1.0, 1.0])
+    assert float(weighted_l1(pred, y, w)) == pytest.approx((2 * 0.5 + 0 + 3.0) / 4.0)
 
 
 def test_loss_weights_give_each_structure_its_share():
@@ -124,3 +132,13 @@ def test_extending_a_finished_run_adds_epochs_with_a_warm_restart(caches, tmp_pa
     assert ck["phases"] == [[0, 3, 3e-4], [3, 6, 2e-4]]  # 3 training cases an epoch
     assert _lr_at(3, 6, cfg, ck["phases"]) == pytest.approx(2e-4)
     assert _lr_at(2, 6, cfg, ck["phases"]) < 1e-4  # the first phase was decaying
+
+
+def test_a_resumed_run_can_switch_to_the_l1_loss(caches, tmp_path):
+    cfg = TrainConfig(epochs=1, n_val=1, seed=1, unet=TINY, threads=1)
+    train(caches / "tr.npz", caches / "va.npz", tmp_path, cfg)
+    train(caches / "tr.npz", caches / "va.npz", tmp_path, cfg, resume=True, extend_epochs=1, loss="l1")
+    ck = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    assert ck["cfg"]["loss"] == "l1"
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log] == ["mse", "l1"]
