@@ -14,7 +14,6 @@ from core.geometry import Grid
 from core.goals.goal import ClinicalGoal, GoalKind
 from core.optimization.conformity import FalloffSpec, falloff_limits, homogeneity_limits, ring_mask
 from core.optimization.fluence import OptimizerOptions, optimize_fluence
-from tests.core.optimization.toy import c_shape, toy_dij
 
 GRID = Grid((1, 1, 41), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
 
@@ -65,15 +64,6 @@ def test_ring_mask_lies_between_its_distances():
     ring = ring_mask(_line(0, 5), GRID, 3.0, 9.0)
     # voxels 2 mm (5) ... 10 mm (9) from the target: 4 mm (6), 6 mm (7), 8 mm (8)
     assert np.flatnonzero(ring[0, 0]).tolist() == [6, 7, 8]
-
-
-@pytest.fixture(scope="module")
-def toy():
-    grid, masks = c_shape(40)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dij = toy_dij(grid, masks["Body"])
-    return grid, masks, dij
 
 
 def _ci_and_d2(toy, weights):

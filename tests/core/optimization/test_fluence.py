@@ -17,20 +17,10 @@ from core.goals.evaluate import evaluate_goals
 from core.goals.goal import ClinicalGoal, GoalKind
 from core.optimization.fluence import OptimizerOptions, find_p1_conflicts, optimize_fluence
 from core.progress import CancelToken, Progress
-from tests.core.optimization.toy import c_shape, toy_dij
 
 warnings.filterwarnings("ignore", message="Sparse")
 K = GoalKind
 RX = {"Target": 50.0}
-
-
-@pytest.fixture(scope="module")
-def toy():
-    grid, masks = c_shape(40)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dij = toy_dij(grid, masks["Body"])
-    return grid, masks, dij
 
 
 def _evaluate(toy, goals, weights):
