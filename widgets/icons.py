@@ -47,6 +47,8 @@ ICON_NAMES = {
     "optimize": "mdi6.tune-variant",
     "reoptimize": "mdi6.fire",
     "revert": "mdi6.history",
+    "export": "mdi6.file-export-outline",
+    "compare": "mdi6.compare-horizontal",
 }
 
 

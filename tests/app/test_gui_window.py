@@ -8,8 +8,6 @@ from PySide6.QtCore import Qt
 from app import actions as action_table
 
 
-
-
 def _load_demo(qtbot, ws, demo_case):
     ws.patients.load(str(demo_case))
     qtbot.waitUntil(lambda: ws.session.has_patient and not ws.runner.busy, timeout=20000)
@@ -22,6 +20,10 @@ def test_action_table_is_complete():
     assert len(shortcuts) == len(set(shortcuts))
     for s in action_table.ACTIONS:
         assert s.menu in action_table.MENUS and s.enabled_when in action_table.ENABLED_WHEN
+    # an icon role the icon table does not know gives an empty icon (export and compare had none)
+    from widgets.icons import ICON_NAMES
+
+    assert [s.id for s in action_table.ACTIONS if s.icon and s.icon not in ICON_NAMES] == []
 
 
 def test_demo_patient_loads_and_everything_follows(qtbot, workstation, demo_case):
