@@ -29,6 +29,10 @@ def register(subparsers) -> None:
     p.add_argument("--dose-grid", type=float, default=None, help="dose-matrix grid spacing in mm (default: auto)")
     p.add_argument("--keep-dij", action="store_true", help="store the dose-influence matrix for fast warm starts")
     p.add_argument("--model", default=None, help="prediction model folder (default: the shipped one)")
+    p.add_argument("--time-limit", type=float, default=0.0, metavar="S",
+                   help="soft wall-time budget of a plan in s: later optimization levels get fewer "
+                        "iterations when it runs short, never the first; costs organ sparing on "
+                        "large cases (default 0: no limit)")
     add_device(p)
     add_phantom_file(p)
     add_json(p)
@@ -60,8 +64,13 @@ def _patient_id(spec: str) -> str:
 def _options(args):
     from core.pipeline import PlanOptions
 
+    from core.errors import InputError
+
+    if args.time_limit < 0:
+        raise InputError(f"--time-limit must be >= 0 s, got {args.time_limit}")
     return PlanOptions(predict=not args.no_predict, beams=args.beams, device=args.device,
-                       dose_grid_mm=args.dose_grid, model_path=args.model)
+                       dose_grid_mm=args.dose_grid, model_path=args.model,
+                       time_budget_s=args.time_limit or None)
 
 
 def plan_one(spec: str, out_dir: Path, args, progress=None) -> dict:

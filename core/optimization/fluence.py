@@ -97,6 +97,11 @@ class OptimizerOptions:
     smooth_weight: float = 0.02          # fluence smoothness (neighbour differences)
     alara_slack_pct: float = 2.0
     unmet_slack_pct: float = 1.0
+    # soft limit on the optimization's wall time (s): once the first level has shown the
+    # time an iteration takes, each later level gets at most its share of what is left
+    # (never under min_level_iter). The first priority level is never cut.
+    time_budget_s: float | None = None
+    min_level_iter: int = 30
     near_mm: float = 20.0                # every voxel this close to a target takes part (conformity)
     far_stride: int = 8                  # and every n-th voxel further away (maximum dose, fall-off)
 
@@ -107,6 +112,8 @@ class OptimizerOptions:
             raise InputError("optimizer weights and iteration limits must be positive")
         if self.far_stride < 1:
             raise InputError("far_stride must be >= 1")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise InputError(f"the optimization time budget must be positive, got {self.time_budget_s} s")
         if self.homogeneity_pct is not None and self.homogeneity_pct < 0:
             raise InputError(f"homogeneity_pct must be >= 0, got {self.homogeneity_pct}")
 
@@ -690,6 +697,15 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
             final_budget = opts.final_maxiter if warm_start is None else max(20, opts.final_maxiter // 4)
             level_budget = opts.level_maxiter if warm_start is None else max(30, opts.level_maxiter // 3)
             budget = final_budget if final else level_budget
+            budget_cut = False
+            if opts.time_budget_s is not None and state["it"] > 0 and prio != priorities[0]:
+                spent = time.perf_counter() - t0
+                levels_left = 1 if final else len(priorities) - priorities.index(prio) + 1
+                # repairs may add up to max_repairs * repair_maxiter_frac of a level's budget
+                per_level = (opts.time_budget_s - spent) / levels_left / (spent / state["it"])
+                allowed = int(per_level / (1.0 + opts.max_repairs * opts.repair_maxiter_frac))
+                if allowed < budget:
+                    budget, budget_cut = max(opts.min_level_iter, allowed), True
             # conformity and homogeneity rank below every goal: they nudge a goal level like
             # a level after the last one (a full-strength nudge at P1 of a head-and-neck list
             # left P3 no room: pt_201 parotid means +6 Gy)
@@ -765,7 +781,10 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                         constraints.append([i, ach[i], False, ach[i]])
             levels_log.append({"priority": prio if prio is not None else "final", "iterations": nit,
                                "time_s": round(time.perf_counter() - tl, 3), "accepted": accepted,
-                               "repairs": repairs})
+                               "repairs": repairs, **({"time_budget_iter": budget} if budget_cut else {})})
+            if budget_cut:
+                warnings.append(f"level {'final' if final else f'P{prio}'}: at most {budget} iterations "
+                                f"to stay within the {opts.time_budget_s:.0f} s optimization time budget")
     except (_Stop, Cancelled):
         xb = state["best"] if state["best"] is not None else np.clip(state["x"], 0, None)
         out = _pack(prob, xb, state, levels_log, warnings, conflicts, t0, cancelled=True)

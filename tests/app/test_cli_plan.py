@@ -70,3 +70,6 @@ def test_plan_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     rc = main(["plan", str(case), "--site", "no-such-site", "--no-predict", "--out", str(out)])
     assert rc == 2 and "no-such-site" in capsys.readouterr().err
     assert not out.exists()
+    rc = main(["plan", str(case), "--site", "hn", "--no-predict", "--time-limit", "-5", "--out", str(out)])
+    assert rc == 2 and "--time-limit" in capsys.readouterr().err
+    assert not out.exists()

@@ -120,6 +120,21 @@ def test_p1_conflict_is_named_and_optimization_goes_on(toy):
     assert not all(x.met for x in r)  # reported as failed, as it must be
 
 
+def test_time_budget_cuts_later_levels_never_the_first(toy):
+    grid, masks, dij = toy
+    free = optimize_fluence(dij, TG119_LIKE, masks, RX)
+    tight = optimize_fluence(dij, TG119_LIKE, masks, RX, options=OptimizerOptions(time_budget_s=1e-3, min_level_iter=5))
+    first, later = tight["levels"][0], tight["levels"][1:]
+    assert first["priority"] == 1 and "time_budget_iter" not in first
+    assert first["iterations"] == free["levels"][0]["iterations"]          # P1 ran as without a budget
+    assert later and all(lv["time_budget_iter"] == 5 for lv in later)     # nothing left: the floor
+    assert sum(lv["iterations"] for lv in later) < sum(lv["iterations"] for lv in free["levels"][1:])
+    assert any("time budget" in w for w in tight["warnings"])
+    assert _evaluate(toy, TG119_LIKE, tight["weights"])[0].met              # P1 kept
+    with pytest.raises(InputError, match="time budget"):
+        OptimizerOptions(time_budget_s=0)
+
+
 def test_no_conflict_between_compatible_p1_goals(toy):
     grid, masks, _ = toy
     goals = [ClinicalGoal(1, "Target", K.MIN_DOSE_AT_VOLUME, 50.0, 95),
