@@ -43,7 +43,7 @@ def _structures(patient, site) -> dict:
 
 
 def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bool = False,
-                   limit: int | None = None, progress=None, cancel=None) -> dict:
+                   limit: int | None = None, progress=None, cancel=None, extra_members=()) -> dict:
     """OpenKBP dose and DVH scores of a model on every ``pt_*.npz`` in ``data_dir``.
 
     Returns ``{"predict": {dose_score_gy, dvh_score_gy, n_patients}, "prescription": {...},
@@ -54,7 +54,7 @@ def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bo
     from core.io.openkbp import load_openkbp
     from core.prediction.predict import DosePredictor
 
-    pred = DosePredictor(model_path, device, site)
+    pred = DosePredictor(model_path, device, site, extra_members=extra_members)
     mode_saved = pred.meta.get("ptv_mode", "predict")
     pred.meta["ptv_mode"] = "predict"  # score both conventions from the raw prediction
     files = sorted(Path(data_dir).glob("pt_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
@@ -96,6 +96,7 @@ def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bo
                              "median": float(np.median(secs)) if secs else None,
                              "max": float(np.max(secs)) if secs else None},
         "device": device_name(pred.device), "tta": tta, "model": str(pred.path),
+        "members": [str(pred.path)] + [str(m) for m in extra_members],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "peak_cuda_mib": (torch.cuda.max_memory_allocated(pred.device) / 2**20) if pred.device.type == "cuda" else None,
     })
@@ -108,9 +109,11 @@ def choose_ptv_mode(result: dict) -> str:
     return min(s, key=s.get)
 
 
-def install_model(run_dir, result: dict, site: str = "hn", dest=None) -> Path:
+def install_model(run_dir, result: dict, site: str = "hn", dest=None, extra_members=()) -> Path:
     """Copy the best checkpoint of ``run_dir`` into ``resources/models/<site>/`` with the
-    measured convention and scores; update the model card's measured block."""
+    measured convention and scores, and ``extra_members`` as ``model_2.pt`` ... (the
+    ensemble that was evaluated; members left from an earlier install are removed);
+    update the model card's measured block."""
     from core.io.atomic import atomic_write_text
     from core.prediction.model_io import load_model, save_model
     from core.prediction.predict import default_model_path
@@ -128,6 +131,12 @@ def install_model(run_dir, result: dict, site: str = "hn", dest=None) -> Path:
                  "cpu_seconds_per_case": result["seconds_per_case"]})
     meta["info"] = info
     save_model(dest, net, meta)
+    from core.prediction.model_io import member_paths
+    for old in member_paths(dest / "model.pt"):
+        old.unlink()
+    for k, m in enumerate(extra_members, start=2):
+        mnet, mmeta = load_model(m, "cpu", site=site)
+        save_model(dest / f"model_{k}.pt", mnet, mmeta, write_config=False)
     slim = {k: v for k, v in result.items()}
     atomic_write_text(dest / "validation.json", json.dumps(slim, indent=2) + "\n")
     log = Path(run_dir) / "train_log.jsonl"
@@ -168,6 +177,8 @@ def _measured_block(meta, result, mode, hist) -> str:
         f"{result['prescription']['dvh_score_gy']:.3f} |",
         "",
         f"- Shipped convention: `{mode}` (lower dose + DVH score).",
+        f"- Members: {len(result.get('members', [1]))} (predictions averaged): "
+        + ", ".join(f"`{m}`" for m in result.get("members", [])) + ".",
         f"- Inference on {result['device']}: {result['seconds_per_case']['mean']:.1f} s a case on average "
         f"(max {result['seconds_per_case']['max']:.1f} s), peak RSS {result['peak_rss_mib']:.0f} MiB.",
         "",
@@ -187,15 +198,18 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--install", action="store_true", help="install into resources/models/SITE/ after evaluating")
+    ap.add_argument("--member", action="append", default=[], metavar="MODEL",
+                    help="a further model (run folder or .pt) averaged with the first: an ensemble")
     args = ap.parse_args(argv)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     from core.errors import OpenATPError
     try:
-        res = evaluate_model(args.model, args.data, args.device, args.site, args.tta, args.limit)
+        res = evaluate_model(args.model, args.data, args.device, args.site, args.tta, args.limit,
+                             extra_members=args.member)
         if args.install:
-            res["installed"] = str(install_model(args.model, res, args.site))
+            res["installed"] = str(install_model(args.model, res, args.site, extra_members=args.member))
     except OpenATPError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2

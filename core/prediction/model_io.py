@@ -1,5 +1,6 @@
 """Prediction model files: one ``model.pt`` (weights + everything needed to use them)
-and a human-readable ``config.json`` copy beside it.
+and a human-readable ``config.json`` copy beside it; optionally further ensemble members
+``model_2.pt``, ``model_3.pt`` ... beside it, whose predictions are averaged with its own.
 
 A model file is a ``torch.save`` dict loaded with ``weights_only=True`` (no pickled
 code runs): ``format``, ``version``, ``arch``, ``site``, ``unet`` (the
@@ -28,8 +29,10 @@ def model_meta(net, site, channels, pool: int, ptv_mode: str = "predict", info: 
             "reference_dose_gy": float(site.reference_dose_gy), "ptv_mode": ptv_mode, "info": dict(info or {})}
 
 
-def save_model(path: str | Path, net, meta: dict) -> Path:
-    """Write ``net`` with ``meta`` to ``path`` (a folder gets ``model.pt`` + ``config.json``), atomically."""
+def save_model(path: str | Path, net, meta: dict, write_config: bool = True) -> Path:
+    """Write ``net`` with ``meta`` to ``path`` (a folder gets ``model.pt`` + ``config.json``),
+    atomically; ``write_config=False`` for an ensemble member (the folder's config.json
+    describes ``model.pt``)."""
     import torch
 
     from core.io.atomic import atomic_write_bytes, atomic_write_text
@@ -41,8 +44,18 @@ def save_model(path: str | Path, net, meta: dict) -> Path:
     buf = io.BytesIO()
     torch.save(blob, buf)
     atomic_write_bytes(target, buf.getvalue())
-    atomic_write_text(target.with_name(CONFIG_FILE), json.dumps(meta, indent=2, default=str) + "\n")
+    if write_config:
+        atomic_write_text(target.with_name(CONFIG_FILE), json.dumps(meta, indent=2, default=str) + "\n")
     return target
+
+
+def member_paths(target: str | Path) -> list[Path]:
+    """The ensemble members beside a ``model.pt``: ``model_2.pt``, ``model_3.pt`` ... in order."""
+    target = Path(target)
+    if target.name != MODEL_FILE:
+        return []
+    found = [p for p in target.parent.glob("model_*.pt") if p.stem.split("_", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.stem.split("_", 1)[1]))
 
 
 def resolve_model_path(path: str | Path) -> Path:

@@ -59,19 +59,31 @@ class DosePredictor:
     device : str or torch.device
         ``cpu``, ``cuda``, ``auto`` or a ``torch.device``.
     site : str
+    extra_members : sequence of paths, optional
+        Further models whose predictions are averaged with this one's (besides the
+        ``model_2.pt`` ... members found next to ``model.pt``), e.g. to evaluate an
+        ensemble before installing it.
     """
 
-    def __init__(self, model_path=None, device="cpu", site: str = "hn"):
+    def __init__(self, model_path=None, device="cpu", site: str = "hn", extra_members=()):
         import torch
 
         from core.device import resolve_device
-        from core.prediction.model_io import load_model, resolve_model_path
+        from core.prediction.model_io import load_model, member_paths, resolve_model_path
 
         t0 = time.perf_counter()
         self.site = get_site(site)
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
         self.path = resolve_model_path(model_path if model_path is not None else default_model_path(site))
         self.net, self.meta = load_model(self.path, self.device, site=self.site.key)
+        self.nets = [self.net]
+        for mp in member_paths(self.path) + [resolve_model_path(m) for m in extra_members]:
+            net, meta = load_model(mp, self.device, site=self.site.key)
+            same = ("channels", "pool", "reference_dose_gy")
+            if (any(meta.get(k) != self.meta.get(k) for k in same)
+                    or net.config.multiple != self.net.config.multiple):
+                raise ModelError("this ensemble member's inputs or output scale differ from model.pt's", mp)
+            self.nets.append(net)
         from core.prediction.preprocess import POOL, channel_names
         self.pool = int(self.meta.get("pool", POOL))
         if list(self.meta.get("channels", [])) != channel_names(self.site) or self.meta.get("pool") not in (1, POOL):
@@ -83,7 +95,8 @@ class DosePredictor:
     def describe(self) -> dict:
         info = self.meta.get("info", {})
         return {"path": str(self.path), "site": self.meta["site"], "arch": self.meta["arch"],
-                "parameters": int(self.net.n_parameters()), "ptv_mode": self.meta.get("ptv_mode", "predict"),
+                "parameters": int(sum(n.n_parameters() for n in self.nets)), "members": len(self.nets),
+                "ptv_mode": self.meta.get("ptv_mode", "predict"),
                 "val_dose_score_gy": info.get("val_dose_score_gy"), "val_dvh_score_gy": info.get("val_dvh_score_gy")}
 
     def _forward(self, x: np.ndarray, tta: bool) -> np.ndarray:
@@ -93,7 +106,7 @@ class DosePredictor:
         ref = float(self.meta["reference_dose_gy"])
         with torch.no_grad():
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
-            out = self.net(xt)[0, 0]
+            inputs = [(xt, False)]
             if tta:
                 # Left-right mirror (array axis 1 of the canonical frame; paired organs swap),
                 # the one flip the model was trained with.
@@ -101,8 +114,14 @@ class DosePredictor:
                 for a, b in self.site.mirror_pairs:
                     ia, ib = 2 + self.site.oars.index(a), 2 + self.site.oars.index(b)
                     perm[ia], perm[ib] = perm[ib], perm[ia]
-                xf = torch.flip(xt[:, perm], dims=[3])
-                out = 0.5 * (out + torch.flip(self.net(xf)[0, 0], dims=[1]))
+                inputs.append((torch.flip(xt[:, perm], dims=[3]), True))
+            out = None
+            for net in self.nets:
+                for xi, flipped in inputs:
+                    o = net(xi)[0, 0]
+                    o = torch.flip(o, dims=[1]) if flipped else o
+                    out = o if out is None else out + o
+            out = out / (len(self.nets) * len(inputs))
             return (out.float().cpu().numpy() * ref).astype(np.float32)
 
     def predict(self, patient, tta: bool = False, progress=None, cancel=None) -> PredictionResult:

@@ -54,6 +54,38 @@ def test_predictor_round_trip_on_a_patient(tmp_path):
     assert set(r1.timings_s) >= {"preprocess", "network", "postprocess", "total"}
 
 
+def test_ensemble_members_are_averaged(tmp_path):
+    from .test_preprocess import dicom_patient
+
+    tiny_model(tmp_path / "a", seed=1)
+    b = tiny_model(tmp_path / "b", seed=2)
+    p = dicom_patient()
+    x = torch.randn(11, 8, 8, 8).numpy()
+    alone = DosePredictor(tmp_path / "a", "cpu")
+    pair = DosePredictor(tmp_path / "a", "cpu", extra_members=[tmp_path / "b"])
+    other = DosePredictor(tmp_path / "b", "cpu")
+    np.testing.assert_allclose(pair._forward(x, False), 0.5 * (alone._forward(x, False) + other._forward(x, False)),
+                               rtol=1e-5, atol=1e-5)
+    assert pair.describe()["members"] == 2
+    # a member stored beside model.pt (as an install writes it) is found without being named,
+    # and the folder's config.json still describes model.pt
+    config = (tmp_path / "a" / "config.json").read_text()
+    save_model(tmp_path / "a" / "model_2.pt", b, model_meta(b, SITE, channel_names(SITE), POOL), write_config=False)
+    assert (tmp_path / "a" / "config.json").read_text() == config
+    beside = DosePredictor(tmp_path / "a", "cpu")
+    assert beside.describe()["members"] == 2
+    np.testing.assert_array_equal(beside.predict(p).dose.dose_gy, pair.predict(p).dose.dose_gy)
+
+
+def test_an_ensemble_member_with_other_inputs_is_refused(tmp_path):
+    tiny_model(tmp_path / "a")
+    net = tiny_model(tmp_path / "c", seed=3)
+    meta = model_meta(net, SITE, channel_names(SITE), 1)   # full resolution: another input grid
+    save_model(tmp_path / "c", net, meta)
+    with pytest.raises(ModelError, match="ensemble member"):
+        DosePredictor(tmp_path / "a", "cpu", extra_members=[tmp_path / "c"])
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ModelError, match="no trained model"):
         load_model(tmp_path / "nowhere")
