@@ -730,6 +730,7 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
             else:
                 x_new, nit = run_level(level, x, budget, done=None if final else done)
             repairs = 0
+            repaired_for: dict = {}
             accepted = True
             while True:
                 ach = prob.achieved(x_new)
@@ -755,6 +756,11 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                 # target by its violation (plus the margin), so that the penalty's
                 # equilibrium lands on the goal; raise rho a little for the rest.
                 repairs += 1
+                for i in broken + worse:
+                    repaired_for.setdefault(prob.terms[i].goal.label, 0)
+                    repaired_for[prob.terms[i].goal.label] += 1
+                if hot_gy > 0:
+                    repaired_for["global maximum"] = repaired_for.get("global maximum", 0) + 1
                 for i in (broken + worse) if opts.shift_repairs else []:
                     g = prob.terms[i].goal
                     ref = g.value if i in broken else before[i]
@@ -785,7 +791,8 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                         constraints.append([i, ach[i], False, ach[i]])
             levels_log.append({"priority": prio if prio is not None else "final", "iterations": nit,
                                "time_s": round(time.perf_counter() - tl, 3), "accepted": accepted,
-                               "repairs": repairs, **({"time_budget_iter": budget} if budget_cut else {})})
+                               "repairs": repairs, **({"repaired_for": repaired_for} if repaired_for else {}),
+                               **({"time_budget_iter": budget} if budget_cut else {})})
             if budget_cut:
                 warnings.append(f"level {'final' if final else f'P{prio}'}: at most {budget} iterations "
                                 f"to stay within the {opts.time_budget_s:.0f} s optimization time budget")
