@@ -84,7 +84,8 @@ def _optimize(toy, **options):
     grid, masks, dij = toy
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = optimize_fluence(dij, GOALS, masks, {"Target": 50.0}, options=OptimizerOptions(max_dose_pct=110.0, **options))
+        opts = OptimizerOptions(max_dose_pct=110.0, **options)
+        r = optimize_fluence(dij, GOALS, masks, {"Target": 50.0}, options=opts)
     assert all(lv["accepted"] for lv in r["levels"])
     return _ci_and_d2(toy, r["weights"])
 
