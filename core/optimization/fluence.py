@@ -67,6 +67,10 @@ class OptimizerOptions:
     max_repairs: int = 4                 # constraint-shift retries before a level's result is rejected
     repair_maxiter_frac: float = 0.25    # a repair's iteration budget, as a fraction of its level's
     max_dose_tol_pct: float = 0.9        # the maximum counts as kept up to this much above it (106 -> 106.95 %)
+    # weight of the global-maximum penalty (per target voxel). Measured at 10 on pt_230: 1471
+    # iterations instead of 1749 (fewer repairs), organ means 0.4-0.8 Gy higher; TG-119 640
+    # instead of 580. The repairs stay the way the limit is enforced.
+    max_dose_weight: float = 1.0
     warmup_maxiter: int = 0              # cold start: weighted pass over all goals before the levels
     normalize_levels: bool = False       # scale each level's objective to 1 at its start (TG-119: P1 then failed)
     shift_repairs: bool = True           # repairs shift violated constraint targets (multiplier-like)
@@ -433,7 +437,7 @@ class _Problem:
         # enforced exactly by the checks and shifts after each level instead
         limit = self.max_dose_gy * (1 - self.opts.margin_pct / 100.0) - level.max_dose_shift_gy
         hot = torch.relu(d - limit)
-        cons = cons + (hot ** 2).sum() / (self.max_dose_gy ** 2 * self.n_target)
+        cons = cons + self.opts.max_dose_weight * (hot ** 2).sum() / (self.max_dose_gy ** 2 * self.n_target)
         total = level.obj_norm * obj + level.rho * cons
         total.backward()
         g = torch.mv(self.At, d.grad.float()).detach().cpu().numpy().astype(np.float64) * self.w_ref
