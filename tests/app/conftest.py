@@ -11,14 +11,9 @@ def workstation(qtbot, tmp_path, monkeypatch):
     its settings and user data in the test's temporary folder; its tasks stop afterwards."""
     monkeypatch.setenv("OPENATP_SETTINGS_DIR", str(tmp_path / "settings"))
     monkeypatch.setenv("OPENATP_USER_DIR", str(tmp_path / "user"))
-    from app.application import Workstation, ensure_qapp
+    from tests.app.workstation import open_workstation
 
-    ensure_qapp()
-    ws = Workstation(headless=True, theme="dark")
-    qtbot.addWidget(ws.window)
-    ws.window.resize(1400, 900)
-    ws.window.show()
-    qtbot.waitExposed(ws.window)
+    ws = open_workstation(qtbot)
     yield ws
     ws.runner.shutdown()
 

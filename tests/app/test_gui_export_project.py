@@ -14,6 +14,7 @@ from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
 import widgets  # noqa: F401
+from tests.app.workstation import open_workstation
 from app.controllers.project import set_session_goals
 from tests.core.io.test_project import GOALS, write_case
 
@@ -25,21 +26,9 @@ def env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _workstation(qtbot):
-    from app.application import Workstation, ensure_qapp
-
-    ensure_qapp()
-    ws = Workstation(headless=True, theme="dark")
-    qtbot.addWidget(ws.window)
-    ws.window.resize(1200, 800)
-    ws.window.show()
-    qtbot.waitExposed(ws.window)
-    return ws
-
-
 @pytest.fixture
 def workstation(qtbot, env):
-    ws = _workstation(qtbot)
+    ws = open_workstation(qtbot)
     yield ws
     ws.runner.shutdown()
     ws.project.background.shutdown()
@@ -225,7 +214,7 @@ def test_project_save_and_open_through_the_window(qtbot, workstation, env):
     _idle(qtbot, ws)
     assert ws.project.path == env / "work.openatp" and ws.patients.recent()[0] == str(env / "work.openatp")
 
-    ws2 = _workstation(qtbot)
+    ws2 = open_workstation(qtbot)
     try:
         assert _drop(ws2.window, env / "work.openatp")  # a project dropped on the window opens too
         _idle(qtbot, ws2)
@@ -267,7 +256,7 @@ def test_autosave_appears_only_on_change_and_restores_after_a_crash(qtbot, works
 
     # "crash": no clean exit recorded; the next start finds the autosave and restores it
     ws.project.disable_autosave()
-    ws2 = _workstation(qtbot)
+    ws2 = open_workstation(qtbot)
     try:
         assert ws2.project.pending_autosave() == path
         box = ws2.project.offer_restore()  # what the next start shows (non-blocking)
