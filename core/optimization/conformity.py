@@ -83,15 +83,12 @@ def falloff_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec: Fa
 
 
 def homogeneity_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec: FalloffSpec,
-                       over_pct: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-voxel dose limits inside the targets, and each voxel's own prescription.
+                       over_pct: float) -> np.ndarray:
+    """Per-voxel dose limits inside the targets (``nan`` outside them).
 
     A voxel of a target with prescription ``Rx`` (the highest one where targets overlap)
     may receive ``Rx * (1 + over_pct / 100)``, or more where a target with a higher
     prescription is near: then its fall-off limit :meth:`FalloffSpec.limit` applies.
-
-    Returns ``(limit_gy, rx_gy)``, both ``grid.shape`` float32: ``limit_gy`` is ``nan``
-    and ``rx_gy`` 0 outside the targets.
     """
     if not targets:
         raise InputError("homogeneity control needs at least one target")
@@ -107,7 +104,7 @@ def homogeneity_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec
             r = distance_outside_mm(mask, grid)
             np.maximum(limit, np.where(lower, spec.limit(rx, r), -np.inf).astype(np.float32), out=limit,
                        where=lower)
-    return limit, own
+    return limit
 
 
 def ring_mask(target: np.ndarray, grid: Grid, inner_mm: float, outer_mm: float,
