@@ -6,9 +6,11 @@ the clinical plan) is above the issue's 3.0 Gy target, or when inference on this
 takes longer than the 15 s target (plus slack for a loaded CI machine). It fails until
 trained weights are installed there.
 
-The shipped model meets the 3.0 Gy target on this case (2.84 Gy) but not yet over the
-validation split (3.45 Gy, see MODEL_CARD.md). A regression guard holds the shipped model
-to what it measured here, so a worse model cannot be installed silently.
+The shipped model meets the 3.0 Gy target on this case (2.93 Gy) but not yet over the
+validation split (3.43 Gy, see MODEL_CARD.md). A regression guard holds the shipped model
+to what it measured here, so a worse model cannot be installed silently. (The epoch-90
+model that replaced the epoch-75 one scores 0.09 Gy worse on this one case, 2.93 against
+2.84 Gy, and better over the 33 validation cases: 3.434 / 2.614 against 3.450 / 2.711 Gy.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from core.prediction.scores import dose_score  # noqa: E402
 DOSE_SCORE_TARGET_GY = 3.0
 #: What the shipped model measured on this case when it was installed (MODEL_CARD.md), plus
 #: 0.05 Gy for floating-point and thread-count differences between machines.
-SHIPPED_DEMO_SCORE_GY = 2.84 + 0.05
+SHIPPED_DEMO_SCORE_GY = 2.93 + 0.05
 
 
 @pytest.fixture(scope="module")
