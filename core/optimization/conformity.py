@@ -83,12 +83,15 @@ def falloff_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec: Fa
 
 
 def homogeneity_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec: FalloffSpec,
-                       over_pct: float) -> np.ndarray:
-    """Per-voxel dose limits inside the targets (``nan`` outside them).
+                       over_pct: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-voxel dose limits inside the targets, and each voxel's own prescription.
 
     A voxel of a target with prescription ``Rx`` (the highest one where targets overlap)
     may receive ``Rx * (1 + over_pct / 100)``, or more where a target with a higher
     prescription is near: then its fall-off limit :meth:`FalloffSpec.limit` applies.
+
+    Returns ``(limit_gy, rx_gy)``, both ``grid.shape`` float32: ``limit_gy`` is ``nan``
+    and ``rx_gy`` 0 outside the targets.
     """
     if not targets:
         raise InputError("homogeneity control needs at least one target")
@@ -104,7 +107,7 @@ def homogeneity_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec
             r = distance_outside_mm(mask, grid)
             np.maximum(limit, np.where(lower, spec.limit(rx, r), -np.inf).astype(np.float32), out=limit,
                        where=lower)
-    return limit
+    return limit, own
 
 
 def ring_mask(target: np.ndarray, grid: Grid, inner_mm: float, outer_mm: float,

@@ -390,15 +390,16 @@ class _Problem:
             self.conf_rows = None
         self.homog_rows = None
         if opts.homogeneity_pct is not None and opts.homogeneity_weight > 0:
-            hl = homogeneity_limits([(masks_dij[t], rx) for t, rx in rx_by_target.items()], grid,
-                                    opts.conformity or FalloffSpec(), opts.homogeneity_pct)
+            hl, own = homogeneity_limits([(masks_dij[t], rx) for t, rx in rx_by_target.items()], grid,
+                                         opts.conformity or FalloffSpec(), opts.homogeneity_pct)
             hl_sub = hl.reshape(-1)[dij.voxel_index][rows]
             ok = np.isfinite(hl_sub)
             if ok.any():
                 self.homog_rows = torch.from_numpy(np.flatnonzero(ok)).to(device)
                 self.homog_lim = torch.from_numpy(hl_sub[ok].astype(np.float64)).to(device)
-                own = self.homog_lim / (1.0 + opts.homogeneity_pct / 100.0)  # where no higher target is near
-                self.cold_lim = None if opts.underdose_pct is None else own * (1.0 - opts.underdose_pct / 100.0)
+                own_sub = own.reshape(-1)[dij.voxel_index][rows][ok].astype(np.float64)
+                self.cold_lim = (None if opts.underdose_pct is None else
+                                 torch.from_numpy(own_sub * (1.0 - opts.underdose_pct / 100.0)).to(device))
         oar_names = sorted({g.structure for g in goals} - set(rx_by_target))
         self.oar_rows = [sub_rows(struct_rows[n]) for n in oar_names if struct_rows[n].any()]
 
@@ -833,11 +834,9 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
                 # target by its violation (plus the margin), so that the penalty's
                 # equilibrium lands on the goal; raise rho a little for the rest.
                 repairs += 1
-                for i in broken + worse:
-                    repaired_for.setdefault(prob.terms[i].goal.label, 0)
-                    repaired_for[prob.terms[i].goal.label] += 1
-                if hot_gy > 0:
-                    repaired_for["global maximum"] = repaired_for.get("global maximum", 0) + 1
+                whys = [prob.terms[i].goal.label for i in broken + worse] + (["global maximum"] if hot_gy > 0 else [])
+                for why in whys:
+                    repaired_for[why] = repaired_for.get(why, 0) + 1
                 for i in (broken + worse) if opts.shift_repairs else []:
                     g = prob.terms[i].goal
                     ref = g.value if i in broken else before[i]

@@ -37,8 +37,9 @@ def test_falloff_limit_is_rx_at_the_surface_and_falls_exponentially():
 def test_homogeneity_limit_is_own_rx_plus_allowance_except_near_a_boost():
     boost, elective = _line(0, 5), _line(0, 30)   # the elective target contains the boost
     spec = FalloffSpec(start=1.0, end=0.4, falloff_mm=8.0)
-    lim = homogeneity_limits([(boost, 70.0), (elective, 56.0)], GRID, spec, over_pct=3.0)
-    assert np.isnan(lim[0, 0, 30:]).all()                       # outside every target
+    lim, rx = homogeneity_limits([(boost, 70.0), (elective, 56.0)], GRID, spec, over_pct=3.0)
+    assert np.isnan(lim[0, 0, 30:]).all() and (rx[0, 0, 30:] == 0).all()   # outside every target
+    assert (rx[0, 0, :5] == 70.0).all() and (rx[0, 0, 5:30] == 56.0).all()  # each voxel's own Rx
     assert lim[0, 0, :5] == pytest.approx(70 * 1.03)            # the boost: its own Rx (the higher one)
     # next to the boost the elective voxel may carry the boost's fall-off ...
     assert lim[0, 0, 5] == pytest.approx(70 * (0.4 + 0.6 * np.exp(-2 / 8)), rel=1e-5)
