@@ -883,7 +883,8 @@ def _pack(prob, x, state, levels_log, warnings, conflicts, t0, cancelled):
     w = (np.clip(x, 0, None) * prob.w_ref).astype(np.float32)
     return {"weights": w, "iterations": state["it"], "levels": levels_log, "warnings": warnings,
             "conflicts": conflicts, "max_dose_limit_gy": prob.max_dose_gy, "time_s": time.perf_counter() - t0,
-            "cancelled": cancelled, "n_rows": int(prob.rows.size), "nnz": prob.nnz, "evaluations": prob.n_eval}
+            "cancelled": cancelled, "n_rows": int(prob.rows.size), "nnz": prob.nnz, "evaluations": prob.n_eval,
+            "matrix_products": prob.n_products}
 
 
 # ----------------------------------------------------------------------------------------
