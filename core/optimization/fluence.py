@@ -356,12 +356,11 @@ class _Problem:
         self.rows = rows
 
         csr = _to_scipy_csr(dij.matrix)[rows]
-        csr.sort_indices()
         self.nnz = int(csr.nnz)
         self.A = _from_scipy_csr(csr, device)
         self.At = _from_scipy_csr(csr.T.tocsr(), device)
         # CPU: a gradient with few non-zero voxel entries is taken over those rows only
-        self.csr = csr if torch.device(device).type == "cpu" else None
+        self.csr = csr if torch.device(device).type == "cpu" else None  # sorted in place by _from_scipy_csr
         self.n_beamlets = csr.shape[1]
         remap = np.full(nv, -1, dtype=np.int64)
         remap[rows] = np.arange(rows.size)
@@ -455,12 +454,12 @@ class _Problem:
         TG-119 optimization (9 M entries): 0.8 ms against 7.0 ms for the full product on
         the quarter of the evaluations below 10 %; at the usual 26 % the gather was slower."""
         if self.csr is not None:
-            act = np.flatnonzero(dg.detach().numpy())
-            if act.size < GATHER_MAX_FRAC * dg.numel():
+            g = dg.detach().numpy()
+            act = np.flatnonzero(g)
+            if act.size < GATHER_MAX_FRAC * g.size:
                 if act.size == 0:
                     return np.zeros(self.n_beamlets)
-                sub = self.csr[act]
-                return np.asarray(sub.T @ dg.detach().numpy()[act].astype(np.float32), dtype=np.float64)
+                return np.asarray(self.csr[act].T @ g[act].astype(np.float32), dtype=np.float64)
         return self.torch.mv(self.At, dg.float()).detach().cpu().numpy().astype(np.float64)
 
     def fg(self, x: np.ndarray, level: _Level):
