@@ -69,8 +69,9 @@ class PlanOptions:
         3 mm in plane, else 3 mm (the usual IMRT calculation grid).
     model_path : str, optional
         Prediction model folder; default ``resources/models/<site>``.
-    tta : bool
-        Test-time augmentation (flips) in prediction.
+    tta : bool or None
+        Test-time augmentation (the left-right mirror) in prediction; ``None``: as the
+        model file says.
     optimizer, sequencing : options objects of those stages, optional
     time_budget_s : float, optional
         Soft wall-time budget of the whole plan (s). What the stages before the optimizer
@@ -87,7 +88,7 @@ class PlanOptions:
     beamlet_mm: float = 5.0
     dose_grid_mm: float | None = None
     model_path: str | None = None
-    tta: bool = False
+    tta: bool | None = None
     optimizer: object = None
     sequencing: object = None
     time_budget_s: float | None = None

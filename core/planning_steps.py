@@ -124,7 +124,7 @@ def goal_values(goals, patient, dose) -> dict:
     return out
 
 
-def predict_step(patient, site: str, *, device: str = "auto", model_path=None, tta: bool = False,
+def predict_step(patient, site: str, *, device: str = "auto", model_path=None, tta: bool | None = None,
                  progress: Progress | None = None, cancel=None) -> PredictionStep:
     """Predict the dose of ``patient`` with the site's model.
 

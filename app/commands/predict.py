@@ -20,7 +20,11 @@ def register(subparsers) -> None:
     p.add_argument("--site", required=True, help="treatment site, e.g. hn")
     p.add_argument("--out", required=True, metavar="DOSE", help="DOSE .npz to write")
     p.add_argument("--model", default=None, help="model.pt or its folder (default resources/models/SITE/)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: average with the left-right mirror")
+    tta = p.add_mutually_exclusive_group()
+    tta.add_argument("--tta", dest="tta", action="store_true", default=None,
+                     help="test-time augmentation: average with the left-right mirror "
+                          "(default: as the model file says; the shipped model uses it)")
+    tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
     add_device(p)
     add_json(p)
     add_phantom_file(p)

@@ -3,6 +3,9 @@
 DIR holds ``train/`` and ``validation/`` folders of OpenKBP cases (``pt_N.npz``). The
 compact training caches are built on first use into ``--cache-dir`` (default
 ``MODEL/cache``) and reused; copy that folder with the code to train on another machine.
+
+``--stage refiner`` trains the full-resolution refiner instead (``MODEL/refiner.pt``,
+:mod:`core.prediction.train_refiner`); it needs no U-Net, only the training cache.
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ def register(subparsers) -> None:
     p.add_argument("--extend-epochs", type=int, default=0,
                    help="with --resume: add epochs (a new cosine phase; warm restart if the run had finished)")
     p.add_argument("--extend-lr", type=float, default=None, help="peak learning rate of the added phase")
+    p.add_argument("--stage", choices=("unet", "refiner"), default="unet",
+                   help="unet: the coarse network (default); refiner: the full-resolution refiner")
+    p.add_argument("--steps", type=int, default=5000, help="refiner: training steps (patches; default 5000)")
+    p.add_argument("--patch", type=int, default=48, help="refiner: patch size in voxels (default 48)")
+    p.add_argument("--width", type=int, default=16, help="refiner: channels per layer (default 16)")
+    p.add_argument("--dilations", default="1,2,4,2,1", help="refiner: dilation of each 3x3x3 layer")
+    p.add_argument("--lr", type=float, default=1e-3, help="refiner: peak learning rate (default 1e-3)")
     add_device(p)
     add_json(p)
     p.set_defaults(func=run)
@@ -69,6 +79,7 @@ def run(args) -> int:
     from core.prediction.train import TrainConfig, train
 
     site = get_site(args.site)
+    refiner_cfg = _refiner_config(args, site) if args.stage == "refiner" else None
     data = Path(args.data)
     if not (data / "train").is_dir() or not (data / "validation").is_dir():
         raise InputError("expected train/ and validation/ folders of OpenKBP cases here", data)
@@ -83,6 +94,8 @@ def run(args) -> int:
             _log(f"{r['n_cases']} cases, {r['bytes'] / 2**20:.1f} MiB, {r['seconds']:.0f} s")
         caches[split] = path
     device = resolve_device(args.device)
+    if args.stage == "refiner":
+        return _train_refiner(args, refiner_cfg, caches["train"], out, device)
     size = args.size if args.size != "auto" else ("gpu" if device.type == "cuda" else "cpu")
     preset = dict(PRESETS[size])
     for key in ("pool", "base_channels", "growth", "depth", "layers_per_block", "max_channels"):
@@ -102,4 +115,33 @@ def run(args) -> int:
         emit_json({"epochs": result["epochs"], "best_val_loss": result["best_val_loss"],
                    "best_dose_score_gy": result["best_dose_score_gy"],
                    "best_dvh_score_gy": result["best_dvh_score_gy"], "seconds": result["seconds"]})
+    return 0
+
+
+def _refiner_config(args, site):
+    """The refiner's settings, checked before anything is built or written."""
+    from core.errors import InputError
+    from core.prediction.train_refiner import RefinerTrainConfig
+
+    try:
+        dil = tuple(int(v) for v in str(args.dilations).split(","))
+    except ValueError:
+        raise InputError(f"--dilations must be comma-separated integers, got '{args.dilations}'") from None
+    if args.steps < 1 or args.patch < 8 or args.width < 1 or not dil or min(dil) < 1:
+        raise InputError("--steps >= 1, --patch >= 8, --width >= 1 and dilations >= 1 are needed")
+    return RefinerTrainConfig(site=site.key, steps=args.steps, patch=args.patch, width=args.width, dilations=dil,
+                              lr=args.lr, seed=args.seed, threads=args.threads, limit_train=args.limit_train,
+                              alpha=args.alpha)
+
+
+def _train_refiner(args, cfg, cache, out: Path, device) -> int:
+    from core.prediction.train_refiner import train_refiner
+
+    dil = cfg.dilations
+    _log(f"device {device}, refiner: width {cfg.width}, dilations {dil}, {cfg.steps} steps of {cfg.patch}^3")
+    r = train_refiner(cache, out, cfg, resume=args.resume, progress=progress_for(args), device=device,
+                      log=lambda m: _log(m))
+    if args.json:
+        emit_json({"stage": "refiner", "steps": r["steps"], "loss": r["loss"], "unrefined_loss": r["unrefined_loss"],
+                   "seconds": r["seconds"], "path": r["path"]})
     return 0

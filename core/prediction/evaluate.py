@@ -43,7 +43,7 @@ def _structures(patient, site) -> dict:
 
 
 def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bool = False,
-                   limit: int | None = None, progress=None, cancel=None, extra_members=()) -> dict:
+                   limit: int | None = None, progress=None, cancel=None, extra_members=(), refiner=None) -> dict:
     """OpenKBP dose and DVH scores of a model on every ``pt_*.npz`` in ``data_dir``.
 
     Returns ``{"predict": {dose_score_gy, dvh_score_gy, n_patients}, "prescription": {...},
@@ -54,7 +54,7 @@ def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bo
     from core.io.openkbp import load_openkbp
     from core.prediction.predict import DosePredictor
 
-    pred = DosePredictor(model_path, device, site, extra_members=extra_members)
+    pred = DosePredictor(model_path, device, site, extra_members=extra_members, refiner=refiner)
     mode_saved = pred.meta.get("ptv_mode", "predict")
     pred.meta["ptv_mode"] = "predict"  # score both conventions from the raw prediction
     files = sorted(Path(data_dir).glob("pt_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
@@ -97,6 +97,7 @@ def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bo
                              "max": float(np.max(secs)) if secs else None},
         "device": device_name(pred.device), "tta": tta, "model": str(pred.path),
         "members": [str(pred.path)] + [str(m) for m in extra_members],
+        "refiner": str(pred.refiner_path) if pred.refiner is not None else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "peak_cuda_mib": (torch.cuda.max_memory_allocated(pred.device) / 2**20) if pred.device.type == "cuda" else None,
     })
@@ -109,10 +110,11 @@ def choose_ptv_mode(result: dict) -> str:
     return min(s, key=s.get)
 
 
-def install_model(run_dir, result: dict, site: str = "hn", dest=None, extra_members=()) -> Path:
+def install_model(run_dir, result: dict, site: str = "hn", dest=None, extra_members=(), refiner=None) -> Path:
     """Copy the best checkpoint of ``run_dir`` into ``resources/models/<site>/`` with the
-    measured convention and scores, and ``extra_members`` as ``model_2.pt`` ... (the
-    ensemble that was evaluated; members left from an earlier install are removed);
+    measured convention and scores, ``extra_members`` as ``model_2.pt`` ... (the
+    ensemble that was evaluated; members left from an earlier install are removed) and
+    ``refiner`` as ``refiner.pt`` (an earlier one is removed when none is given);
     update the model card's measured block."""
     from core.io.atomic import atomic_write_text
     from core.prediction.model_io import load_model, save_model
@@ -122,6 +124,7 @@ def install_model(run_dir, result: dict, site: str = "hn", dest=None, extra_memb
     net, meta = load_model(run_dir, "cpu", site=site)
     mode = choose_ptv_mode(result)
     meta["ptv_mode"] = mode
+    meta["tta"] = bool(result.get("tta", False))  # inference follows what was measured
     info = dict(meta.get("info", {}))
     info.setdefault("val_dose_score_gy_subset", info.get("val_dose_score_gy"))
     info.setdefault("val_dvh_score_gy_subset", info.get("val_dvh_score_gy"))
@@ -137,6 +140,13 @@ def install_model(run_dir, result: dict, site: str = "hn", dest=None, extra_memb
     for k, m in enumerate(extra_members, start=2):
         mnet, mmeta = load_model(m, "cpu", site=site)
         save_model(dest / f"model_{k}.pt", mnet, mmeta, write_config=False)
+    if refiner and Path(refiner).resolve() != (dest / "refiner.pt").resolve():
+        from core.io.atomic import atomic_write_bytes
+        from core.prediction.refiner import load_refiner
+        load_refiner(refiner)  # refuse to install a file that does not load
+        atomic_write_bytes(dest / "refiner.pt", Path(refiner).read_bytes())
+    elif not refiner and (dest / "refiner.pt").exists():
+        (dest / "refiner.pt").unlink()
     slim = {k: v for k, v in result.items()}
     atomic_write_text(dest / "validation.json", json.dumps(slim, indent=2) + "\n")
     log = Path(run_dir) / "train_log.jsonl"
@@ -179,6 +189,8 @@ def _measured_block(meta, result, mode, hist) -> str:
         f"- Shipped convention: `{mode}` (lower dose + DVH score).",
         f"- Members: {len(result.get('members', [1]))} (predictions averaged): "
         + ", ".join(f"`{m}`" for m in result.get("members", [])) + ".",
+        (f"- Full-resolution refiner: `{result['refiner']}` (see *The refiner* above)." if result.get("refiner")
+         else "- No full-resolution refiner."),
         f"- Inference on {result['device']}: {result['seconds_per_case']['mean']:.1f} s a case on average "
         f"(max {result['seconds_per_case']['max']:.1f} s), peak RSS {result['peak_rss_mib']:.0f} MiB.",
         "",
@@ -200,16 +212,21 @@ def main(argv=None) -> int:
     ap.add_argument("--install", action="store_true", help="install into resources/models/SITE/ after evaluating")
     ap.add_argument("--member", action="append", default=[], metavar="MODEL",
                     help="a further model (run folder or .pt) averaged with the first: an ensemble")
+    ap.add_argument("--refiner", default=None, metavar="REFINER_PT",
+                    help="the full-resolution refiner to apply (default: refiner.pt next to the model, if any)")
+    ap.add_argument("--no-refiner", action="store_true", help="evaluate without any refiner")
     args = ap.parse_args(argv)
+    refiner = False if args.no_refiner else args.refiner
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     from core.errors import OpenATPError
     try:
         res = evaluate_model(args.model, args.data, args.device, args.site, args.tta, args.limit,
-                             extra_members=args.member)
+                             extra_members=args.member, refiner=refiner)
         if args.install:
-            res["installed"] = str(install_model(args.model, res, args.site, extra_members=args.member))
+            res["installed"] = str(install_model(args.model, res, args.site, extra_members=args.member,
+                                                 refiner=res.get("refiner")))
     except OpenATPError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2

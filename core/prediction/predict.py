@@ -63,9 +63,13 @@ class DosePredictor:
         Further models whose predictions are averaged with this one's (besides the
         ``model_2.pt`` ... members found next to ``model.pt``), e.g. to evaluate an
         ensemble before installing it.
+    refiner : path, False or None
+        The full-resolution refiner (:mod:`core.prediction.refiner`) applied after
+        up-sampling: ``None`` uses ``refiner.pt`` next to ``model.pt`` when there is one,
+        ``False`` none, a path that file.
     """
 
-    def __init__(self, model_path=None, device="cpu", site: str = "hn", extra_members=()):
+    def __init__(self, model_path=None, device="cpu", site: str = "hn", extra_members=(), refiner=None):
         import torch
 
         from core.device import resolve_device
@@ -90,13 +94,27 @@ class DosePredictor:
             raise ModelError("the model's input channels do not match this version's preprocessing", self.path)
         if self.meta.get("ptv_mode", "predict") not in ("predict", "prescription"):
             raise ModelError(f"unknown ptv_mode '{self.meta.get('ptv_mode')}' in the model file", self.path)
+        self.refiner, self.refiner_path = None, None
+        if refiner is None and (self.path.parent / "refiner.pt").exists():
+            refiner = self.path.parent / "refiner.pt"
+        if refiner:
+            from core.prediction.refiner import load_refiner
+            self.refiner, rmeta = load_refiner(refiner, self.device)
+            self.refiner_path = Path(refiner)
+            if (self.refiner.config.in_channels != len(channel_names(self.site))
+                    or int(rmeta.get("pool", self.pool)) != self.pool
+                    or float(rmeta.get("reference_dose_gy", self.meta["reference_dose_gy"]))
+                    != float(self.meta["reference_dose_gy"])):
+                raise ModelError("the refiner was trained for other inputs than this model's", self.refiner_path)
+        self.default_tta = bool(self.meta.get("tta", False))
         self.load_s = time.perf_counter() - t0
 
     def describe(self) -> dict:
         info = self.meta.get("info", {})
         return {"path": str(self.path), "site": self.meta["site"], "arch": self.meta["arch"],
                 "parameters": int(sum(n.n_parameters() for n in self.nets)), "members": len(self.nets),
-                "ptv_mode": self.meta.get("ptv_mode", "predict"),
+                "ptv_mode": self.meta.get("ptv_mode", "predict"), "tta_default": self.default_tta,
+                "refiner": str(self.refiner_path) if self.refiner is not None else None,
                 "val_dose_score_gy": info.get("val_dose_score_gy"), "val_dvh_score_gy": info.get("val_dvh_score_gy")}
 
     def _forward(self, x: np.ndarray, tta: bool) -> np.ndarray:
@@ -124,11 +142,14 @@ class DosePredictor:
             out = out / (len(self.nets) * len(inputs))
             return (out.float().cpu().numpy() * ref).astype(np.float32)
 
-    def predict(self, patient, tta: bool = False, progress=None, cancel=None) -> PredictionResult:
+    def predict(self, patient, tta: bool | None = None, progress=None, cancel=None) -> PredictionResult:
         """Predict the dose of ``patient`` (a :class:`core.patient.Patient`).
 
+        ``tta``: average with the left-right mirror; ``None`` follows the model file (the
+        shipped model was measured better with it, see its model card).
         Raises :class:`InputError` for a patient without CT, target or prescription.
         """
+        tta = self.default_tta if tta is None else bool(tta)
         from core.patient import Dose
         from core.prediction.preprocess import canonical_to_patient, model_inputs, patient_to_canonical, upsample_dose
 
@@ -153,6 +174,11 @@ class DosePredictor:
         crop = tuple(slice(0, s) for s in case.body.shape)
         body_full[crop] = case.body
         dose_crop = upsample_dose(pred_lo, body_lo, body_full, self.pool)[crop]
+        if self.refiner is not None:
+            from core.prediction.preprocess import full_res_channels
+            from core.prediction.refiner import refine
+            dose_crop = refine(self.refiner, full_res_channels(case, self.site), dose_crop, case.body,
+                               float(self.meta["reference_dose_gy"]), self.device)
         if self.meta.get("ptv_mode") == "prescription":
             rx = case.ptv_dose_gy()
             dose_crop = np.where(rx > 0, rx, dose_crop)
@@ -165,7 +191,7 @@ class DosePredictor:
                                 list(mapping.unknown), self.describe())
 
 
-def predict_dose(patient, site: str = "hn", model_path=None, device="cpu", tta: bool = False,
+def predict_dose(patient, site: str = "hn", model_path=None, device="cpu", tta: bool | None = None,
                  progress=None, cancel=None) -> PredictionResult:
     """One-call convenience: load the site's model and predict ``patient``'s dose."""
     if patient is None:

@@ -1,0 +1,154 @@
+"""The full-resolution refiner: an untrained one changes nothing, its file round-trips and
+bad files are refused, training restores a fall-off the coarse grid smeared, and the
+predictor applies it only when asked or shipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from core.errors import ModelError  # noqa: E402
+from core.prediction.cache import build_cache, load_cache  # noqa: E402
+from core.prediction.preprocess import POOL, pad_to_multiple, pad_volume, pool_dose, upsample_dose  # noqa: E402
+from core.prediction.refiner import RefinerConfig, build_refiner, load_refiner, refine, save_refiner  # noqa: E402
+from core.prediction.sites import get_site  # noqa: E402
+from core.prediction.train_refiner import RefinerTrainConfig, _sample_case, coarse_dose_up, train_refiner  # noqa: E402
+
+from .synth import write_case  # noqa: E402
+
+SITE = get_site("hn")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    d = tmp_path_factory.mktemp("okbp_ref")
+    (d / "train").mkdir()
+    for s in (1, 2, 3, 4):
+        write_case(d / "train" / f"pt_{s}.npz", shape=(28, 28, 24), seed=s)
+    build_cache(d / "train", d / "tr.npz")
+    return d / "tr.npz"
+
+
+@pytest.mark.parametrize("width,dil", [(4, (1,)), (8, (1, 2, 1)), (6, (1, 2, 4, 1))])
+def test_an_untrained_refiner_returns_the_dose_it_was_given(width, dil):
+    net = build_refiner(RefinerConfig(11, width, dil))
+    a, d = torch.randn(1, 11, 10, 12, 8), torch.rand(1, 1, 10, 12, 8)
+    out = net(a, d)
+    assert out.shape == d.shape
+    assert torch.equal(out, d)
+    assert RefinerConfig(11, width, dil).receptive_field == 1 + 2 * sum(dil)
+
+
+def test_save_load_round_trip_and_bad_files(tmp_path):
+    torch.manual_seed(0)
+    net = build_refiner(RefinerConfig(11, 4, (1, 2)))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    a, d = torch.randn(1, 11, 6, 6, 6), torch.rand(1, 1, 6, 6, 6)
+    path = save_refiner(tmp_path / "refiner.pt", net, {"pool": POOL, "reference_dose_gy": 70.0})
+    net2, meta = load_refiner(path)
+    assert meta["pool"] == POOL
+    with torch.no_grad():
+        assert torch.equal(net(a, d), net2(a, d))
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ModelError):
+        load_refiner(tmp_path / "bad.pt")
+    with pytest.raises(ModelError):
+        load_refiner(tmp_path / "missing.pt")
+    torch.save({"arch": "cad-unet", "state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ModelError):
+        load_refiner(tmp_path / "other.pt")
+
+
+def test_clean_coarse_input_is_the_inference_up_sampling_of_the_pooled_dose(cache):
+    c = load_cache(cache)[0]
+    shape = pad_to_multiple(c.body.shape, POOL)
+    bodyp = pad_volume(c.body, shape)
+    lo = pool_dose(pad_volume(c.dose_gy, shape), bodyp, POOL)
+    body_lo = bodyp.reshape(shape[0] // 2, 2, shape[1] // 2, 2, shape[2] // 2, 2).mean(axis=(1, 3, 5))
+    expect = upsample_dose(lo, body_lo, bodyp, POOL)[tuple(slice(0, s) for s in c.body.shape)]
+    np.testing.assert_allclose(coarse_dose_up(c.dose_gy, c.body, POOL), expect, atol=1e-5)
+
+
+def test_perturbed_coarse_input_differs_but_stays_in_the_body(cache):
+    c = load_cache(cache)[0]
+    cfg = RefinerTrainConfig(p_clean=0.0)
+    up = coarse_dose_up(c.dose_gy, c.body, POOL, np.random.default_rng(3), cfg)
+    clean = coarse_dose_up(c.dose_gy, c.body, POOL)
+    assert np.abs(up - clean)[c.body].mean() > 0.1
+    assert (up >= 0).all() and not up[~c.body].any()
+    _, u, y, w, near = _sample_case(c, SITE, np.random.default_rng(0), cfg)
+    assert u.shape == y.shape == w.shape == c.body.shape
+    assert (w[~c.body] == 0).all() and len(near) > 0
+
+
+def test_training_restores_what_the_coarse_grid_smeared(cache, tmp_path):
+    """On a synthetic held-out case the trained refiner is closer to the true dose than the
+    up-sampled coarse dose it starts from (clean coarse input: the resolution loss only)."""
+    cfg = RefinerTrainConfig(steps=320, patch=16, patches_per_case=4, width=8, dilations=(1, 2, 1),
+                             lr=1e-2, lr_min=1e-4, p_clean=0.5, checkpoint_every_s=1e9,
+                             limit_train=3)
+    r = train_refiner(cache, tmp_path, cfg, log=lambda *_: None)
+    net, _ = load_refiner(r["path"])
+    c = load_cache(cache)[3]  # not among the 3 training cases
+    from core.prediction.preprocess import full_res_channels
+    from core.prediction.train import _canonical_from_cache
+    anat = full_res_channels(_canonical_from_cache(c, SITE), SITE)
+    up = coarse_dose_up(c.dose_gy, c.body, POOL)
+    out = refine(net, anat, up, c.body, SITE.reference_dose_gy)
+    before = np.abs(up - c.dose_gy)[c.body].mean()
+    after = np.abs(out - c.dose_gy)[c.body].mean()
+    assert after < 0.9 * before, (before, after)
+
+
+def test_the_predictor_applies_a_refiner_beside_the_model_or_when_asked(tmp_path):
+    from .test_model_io import tiny_model
+    from .test_preprocess import dicom_patient
+    from core.prediction.predict import DosePredictor
+
+    tiny_model(tmp_path / "m")
+    p = dicom_patient()
+    plain = DosePredictor(tmp_path / "m", "cpu")
+    assert plain.refiner is None and plain.describe()["refiner"] is None
+    d0 = plain.predict(p).dose.dose_gy
+    torch.manual_seed(1)
+    net = build_refiner(RefinerConfig(11, 4, (1,)))
+    torch.nn.init.constant_(net.head.bias, 0.05)  # +3.5 Gy everywhere: visible, easy to check
+    save_refiner(tmp_path / "m" / "refiner.pt", net, {"pool": POOL, "reference_dose_gy": 70.0})
+    withr = DosePredictor(tmp_path / "m", "cpu")
+    assert withr.describe()["refiner"].endswith("refiner.pt")
+    d1 = withr.predict(p).dose.dose_gy
+    body = p.external_mask()
+    inside = body & (d1 > 0) & (d0 > 0)
+    assert np.median((d1 - d0)[inside]) == pytest.approx(3.5, abs=0.2)
+    assert not d1[~body].any()
+    off = DosePredictor(tmp_path / "m", "cpu", refiner=False)
+    np.testing.assert_array_equal(off.predict(p).dose.dose_gy, d0)
+    save_refiner(tmp_path / "r_other.pt", net, {"pool": POOL, "reference_dose_gy": 60.0})
+    with pytest.raises(ModelError):
+        DosePredictor(tmp_path / "m", "cpu", refiner=tmp_path / "r_other.pt")
+
+
+def test_openatp_train_stage_refiner(tmp_path, capsys):
+    import json
+
+    from app.cli import main
+
+    for split, seeds in (("train", (1, 2)), ("validation", (3,))):
+        (tmp_path / "d" / split).mkdir(parents=True)
+        for s in seeds:
+            write_case(tmp_path / "d" / split / f"pt_{s}.npz", shape=(20, 20, 16), seed=s)
+    rc = main(["train", "--site", "hn", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m"),
+               "--stage", "refiner", "--steps", "8", "--patch", "12", "--width", "4", "--dilations", "1,2",
+               "--device", "cpu", "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["stage"] == "refiner" and doc["steps"] == 8
+    net, meta = load_refiner(tmp_path / "m" / "refiner.pt")
+    assert net.config.dilations == (1, 2) and meta["steps"] == 8
+    rc = main(["train", "--site", "hn", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m2"),
+               "--stage", "refiner", "--dilations", "1,x", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--dilations" in err and not (tmp_path / "m2").exists()
