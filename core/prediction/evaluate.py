@@ -191,6 +191,7 @@ def _measured_block(meta, result, mode, hist) -> str:
         + ", ".join(f"`{m}`" for m in result.get("members", [])) + ".",
         (f"- Full-resolution refiner: `{result['refiner']}` (see *The refiner* above)." if result.get("refiner")
          else "- No full-resolution refiner."),
+        f"- Test-time left-right flip: {'on' if result.get('tta') else 'off'} (inference does the same by default).",
         f"- Inference on {result['device']}: {result['seconds_per_case']['mean']:.1f} s a case on average "
         f"(max {result['seconds_per_case']['max']:.1f} s), peak RSS {result['peak_rss_mib']:.0f} MiB.",
         "",
