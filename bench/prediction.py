@@ -5,7 +5,7 @@ score and DVH score (both target conventions, see ``core.prediction.evaluate``),
 inference seconds per case on CPU and, when a GPU is present, on CUDA, and peak memory
 (process RSS; CUDA peak allocation).
 
-    .venv/bin/python bench/prediction.py [--model resources/models/hn] [--limit N] [--threads 2] [--tta]
+    .venv/bin/python bench/prediction.py [--model resources/models/hn] [--limit N] [--threads 2] [--tta | --no-tta]
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "openkbp" / "validation"))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--tta", action="store_true")
+    flip = ap.add_mutually_exclusive_group()
+    flip.add_argument("--tta", dest="tta", action="store_true", default=None,
+                      help="test-time left-right flip (default: as the model file says)")
+    flip.add_argument("--no-tta", dest="tta", action="store_false")
     args = ap.parse_args(argv)
 
     import torch

@@ -42,7 +42,7 @@ def _structures(patient, site) -> dict:
     return out
 
 
-def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bool = False,
+def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bool | None = None,
                    limit: int | None = None, progress=None, cancel=None, extra_members=(), refiner=None) -> dict:
     """OpenKBP dose and DVH scores of a model on every ``pt_*.npz`` in ``data_dir``.
 
@@ -55,6 +55,7 @@ def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bo
     from core.prediction.predict import DosePredictor
 
     pred = DosePredictor(model_path, device, site, extra_members=extra_members, refiner=refiner)
+    tta = pred.default_tta if tta is None else bool(tta)
     mode_saved = pred.meta.get("ptv_mode", "predict")
     pred.meta["ptv_mode"] = "predict"  # score both conventions from the raw prediction
     files = sorted(Path(data_dir).glob("pt_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
@@ -207,7 +208,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="folder of OpenKBP pt_*.npz with reference doses")
     ap.add_argument("--site", default="hn")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--tta", action="store_true")
+    flip = ap.add_mutually_exclusive_group()
+    flip.add_argument("--tta", dest="tta", action="store_true", default=None,
+                      help="test-time left-right flip (default: as the model file says)")
+    flip.add_argument("--no-tta", dest="tta", action="store_false")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--install", action="store_true", help="install into resources/models/SITE/ after evaluating")
