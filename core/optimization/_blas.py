@@ -65,3 +65,22 @@ def single_thread_blas():
     finally:
         for set_, n in saved:
             set_(n)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Context manager: torch's intra-op pool at ``n`` threads inside (``None``: unchanged)."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    prev = torch.get_num_threads()
+    if prev == n:
+        yield
+        return
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)

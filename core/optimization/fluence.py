@@ -51,7 +51,7 @@ import numpy as np
 from core.errors import Cancelled, InputError, OptimizationError
 from core.goals.evaluate import evaluate_goals, is_met
 from core.goals.goal import ClinicalGoal, GoalKind
-from core.optimization._blas import single_thread_blas
+from core.optimization._blas import single_thread_blas, torch_threads
 from core.optimization.conformity import FalloffSpec, falloff_limits, homogeneity_limits
 from core.optimization.objectives import GoalTerm, achieved_torch, goal_penalty, neighbour_pairs
 from core.progress import check_cancel, report
@@ -125,6 +125,13 @@ class OptimizerOptions:
     # (never under min_level_iter). The first priority level is never cut.
     time_budget_s: float | None = None
     min_level_iter: int = 30
+    # torch threads while optimizing on the CPU (None: as set). An optimization runs
+    # hundreds of small tensor operations per evaluation between L-BFGS-B steps in Python;
+    # on the 2-core CPU two threads made whole plans 1.8x slower although a lone sparse
+    # product is 1.8x faster with them (pt_235: 139.5 s with 2 threads, 75.7 s with 1;
+    # pt_233 matrix: A w 16.5 / 9.4 ms with 1 / 2 threads). The dose engine and the
+    # prediction keep every thread.
+    cpu_threads: int | None = 1
     near_mm: float = 20.0                # every voxel this close to a target takes part (conformity)
     far_stride: int = 8                  # and every n-th voxel further away (maximum dose, fall-off)
 
@@ -135,6 +142,8 @@ class OptimizerOptions:
             raise InputError("optimizer weights and iteration limits must be positive")
         if self.far_stride < 1:
             raise InputError("far_stride must be >= 1")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise InputError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise InputError(f"the optimization time budget must be positive, got {self.time_budget_s} s")
         if self.homogeneity_pct is not None and self.homogeneity_pct < 0:
@@ -599,10 +608,18 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
     raised whose ``result`` is this dict for the best fluence so far (the last accepted
     level, or the current iterate before any level was accepted), with ``cancelled=True``.
     """
+    import torch
+
+    opts = options or OptimizerOptions()
+    dev = device if device is not None else dij.matrix.device
+    with torch_threads(opts.cpu_threads if torch.device(dev).type == "cpu" else None):
+        return _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, device, progress, cancel)
+
+
+def _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, device, progress, cancel) -> dict:
     from scipy.optimize import Bounds, minimize
 
     t0 = time.perf_counter()
-    opts = options or OptimizerOptions()
     goals = list(goals)
     if not goals:
         raise InputError("no clinical goals to optimize")

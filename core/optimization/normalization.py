@@ -57,7 +57,7 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
         if max_dose_limit_gy is not None and float(dose_gy.max()) * f > max_dose_limit_gy + 1e-6:
             return False
         res = evaluate_goals(goals, dose_gy * np.float32(f), masks, voxel_cc)
-        return all(res[i].met for i in met_before)
+        return all(_kept(base[i], res[i]) for i in met_before)
 
     # a hair above the needed factor so float rounding cannot leave the goal a hair short
     f = min(max(need) * (1.0 + 1e-5), MAX_NORMALIZATION)
@@ -68,6 +68,23 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return float(lo)
+
+
+def _kept(before, after) -> bool:
+    """A goal met before is still met, and scaling did not use the display slack
+    (:data:`core.goals.goal.MET_SLACK_GY`) it did not need before: a cord limit of 45 Gy
+    met at 44.99 Gy may be scaled up to 45.00 Gy, not to 45.004 Gy (pt_225 did, and
+    "met" was then true only at the display resolution)."""
+    from core.goals.goal import GoalKind
+
+    if not after.met:
+        return False
+    g = after.goal
+    if g.kind is GoalKind.ALARA or before.achieved is None or after.achieved is None:
+        return True
+    if g.kind.is_lower_bound:
+        return after.achieved >= min(g.value, before.achieved)
+    return after.achieved <= max(g.value, before.achieved)
 
 
 def _scale_down_for_p1_limits(goals, base, dose_gy, masks, voxel_cc, met_before,

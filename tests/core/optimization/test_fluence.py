@@ -153,3 +153,25 @@ def test_bad_input(toy):
         optimize_fluence(dij, TG119_LIKE, empty, RX)
     with pytest.raises(InputError, match="warm-start fluence has 3 beamlets"):
         optimize_fluence(dij, TG119_LIKE, masks, RX, warm_start=np.ones(3))
+
+
+def test_cpu_optimization_runs_at_its_own_thread_count_and_restores_torch(toy):
+    import torch
+
+    grid, masks, dij = toy
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = set()
+    try:
+        optimize_fluence(dij, TG119_LIKE, masks, RX, options=OptimizerOptions(level_maxiter=5, final_maxiter=3),
+                         progress=Progress(lambda ev: seen.add(torch.get_num_threads())))
+        assert seen == {1}                       # the default: one thread inside (see cpu_threads)
+        assert torch.get_num_threads() == 2      # and the caller's setting back afterwards
+        seen.clear()
+        optimize_fluence(dij, TG119_LIKE, masks, RX, progress=Progress(lambda ev: seen.add(torch.get_num_threads())),
+                         options=OptimizerOptions(level_maxiter=5, final_maxiter=3, cpu_threads=None))
+        assert seen == {2}
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(InputError, match="cpu_threads"):
+        OptimizerOptions(cpu_threads=0)
