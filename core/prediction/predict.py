@@ -149,9 +149,10 @@ class DosePredictor:
         shipped model was measured better with it, see its model card).
         Raises :class:`InputError` for a patient without CT, target or prescription.
         """
-        tta = self.default_tta if tta is None else bool(tta)
         from core.patient import Dose
         from core.prediction.preprocess import canonical_to_patient, model_inputs, patient_to_canonical, upsample_dose
+
+        tta = self.default_tta if tta is None else bool(tta)
 
         t = {"load_model": self.load_s}
         t0 = time.perf_counter()

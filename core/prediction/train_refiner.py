@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,10 @@ from core.prediction.sites import SiteSpec, get_site
 
 @dataclass
 class RefinerTrainConfig:
+    """Refiner training settings; the defaults are the shipped refiner's recipe."""
+
     site: str = "hn"
-    steps: int = 1500
+    steps: int = 5000
     patch: int = 48
     patches_per_case: int = 4
     lr: float = 1e-3
@@ -53,11 +55,10 @@ class RefinerTrainConfig:
     alpha: float = 1.0
     pool: int = POOL
     width: int = 16
-    dilations: tuple = (1, 2, 1)
+    dilations: tuple = (1, 2, 4, 2, 1)
     threads: int | None = None
     checkpoint_every_s: float = 300.0
     limit_train: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def coarse_dose_up(dose_gy: np.ndarray, body: np.ndarray, pool: int, rng=None,
@@ -163,13 +164,13 @@ def train_refiner(cache_path, out_dir, cfg: RefinerTrainConfig | None = None, re
         rng = np.random.default_rng([cfg.seed, step])
         c = cases[int(rng.integers(len(cases)))]
         anat, up, y, w, near = _sample_case(c, site, rng, cfg)
+        body_idx = np.argwhere(w > 0)
         for _ in range(cfg.patches_per_case):
             if step >= cfg.steps:
                 break
             if len(near) and rng.random() < cfg.near_target_frac:
                 center = near[int(rng.integers(len(near)))]
             else:
-                body_idx = np.argwhere(w > 0)
                 center = body_idx[int(rng.integers(len(body_idx)))]
             sl = _patch_slices(y.shape, center, cfg.patch)
             a, u, t, ww = anat[(slice(None),) + sl], up[sl], y[sl], w[sl]
