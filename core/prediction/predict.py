@@ -150,7 +150,8 @@ class DosePredictor:
         Raises :class:`InputError` for a patient without CT, target or prescription.
         """
         from core.patient import Dose
-        from core.prediction.preprocess import canonical_to_patient, model_inputs, patient_to_canonical, upsample_dose
+        from core.prediction.preprocess import (canonical_to_patient, full_res_channels, model_inputs,
+                                                patient_to_canonical, upsample_dose)
 
         tta = self.default_tta if tta is None else bool(tta)
 
@@ -158,7 +159,8 @@ class DosePredictor:
         t0 = time.perf_counter()
         report(progress, 0, 4, "reading the patient into the model frame")
         case, mapping, mgrid, lo = patient_to_canonical(patient, self.site)
-        x, body_lo, pad_shape = model_inputs(case, self.site, self.net.config.multiple, pool=self.pool)
+        full = full_res_channels(case, self.site)
+        x, body_lo, pad_shape = model_inputs(case, self.site, self.net.config.multiple, pool=self.pool, full=full)
         t["preprocess"] = time.perf_counter() - t0
         check_cancel(cancel)
         report(progress, 1, 4, "running the network")
@@ -176,9 +178,8 @@ class DosePredictor:
         body_full[crop] = case.body
         dose_crop = upsample_dose(pred_lo, body_lo, body_full, self.pool)[crop]
         if self.refiner is not None:
-            from core.prediction.preprocess import full_res_channels
             from core.prediction.refiner import refine
-            dose_crop = refine(self.refiner, full_res_channels(case, self.site), dose_crop, case.body,
+            dose_crop = refine(self.refiner, full, dose_crop, case.body,
                                float(self.meta["reference_dose_gy"]), self.device)
         if self.meta.get("ptv_mode") == "prescription":
             rx = case.ptv_dose_gy()

@@ -288,14 +288,15 @@ def canonical_to_patient(dose_crop_gy: np.ndarray, case: CanonicalCase, model_gr
     return np.where(patient_body, out, 0).astype(np.float32)
 
 
-def model_inputs(case: CanonicalCase, site: SiteSpec, multiple: int, lo_pad=None, pool: int = POOL):
-    """Pooled model inputs of a canonical case.
+def model_inputs(case: CanonicalCase, site: SiteSpec, multiple: int, lo_pad=None, pool: int = POOL, full=None):
+    """Pooled model inputs of a canonical case (``full``: its :func:`full_res_channels`,
+    when the caller has them already; they are not modified).
 
     Returns ``(x, body_lo, pad_shape)``: ``x`` (C, b0, b1, b2) float32 coarse inputs whose
     sizes are divisible by ``multiple``; ``body_lo`` (b0, b1, b2) coarse body fraction;
     ``pad_shape`` the full-resolution padded shape (the crop sits at index ``lo_pad``).
     """
-    full = full_res_channels(case, site)
+    full = full_res_channels(case, site) if full is None else full
     pad_shape = pad_to_multiple(case.body.shape, pool * multiple)
     full = pad_volume(full, pad_shape, lo_pad)
     full[0][full[1] == 0] = -1.0  # padding is air, like everything outside the body
