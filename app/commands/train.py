@@ -137,10 +137,9 @@ def _refiner_config(args, site):
 def _train_refiner(args, cfg, cache, out: Path, device) -> int:
     from core.prediction.train_refiner import train_refiner
 
-    dil = cfg.dilations
-    _log(f"device {device}, refiner: width {cfg.width}, dilations {dil}, {cfg.steps} steps of {cfg.patch}^3")
-    r = train_refiner(cache, out, cfg, resume=args.resume, progress=progress_for(args), device=device,
-                      log=lambda m: _log(m))
+    _log(f"device {device}, refiner: width {cfg.width}, dilations {cfg.dilations}, "
+         f"{cfg.steps} steps of {cfg.patch}^3")
+    r = train_refiner(cache, out, cfg, resume=args.resume, progress=progress_for(args), device=device, log=_log)
     if args.json:
         emit_json({"stage": "refiner", "steps": r["steps"], "loss": r["loss"], "unrefined_loss": r["unrefined_loss"],
                    "seconds": r["seconds"], "path": r["path"]})
