@@ -996,7 +996,8 @@ def optimize_plan(patient, goals, dij, *, options: OptimizerOptions | None = Non
         if not out["cancelled"]:
             # The levels held P1 coverage on the coarser dose grid; on the patient grid it can
             # land a hair short (TG-119: D95 49.98 Gy for a 50 Gy goal): normalise as a clinic
-            # would, within the limits of normalization_factor (nothing met may break).
+            # would, within the limits of normalization_factor (nothing met may break, save
+            # lower-priority goals where P1 coverage needs it).
             tol = 1.0 + (options or OptimizerOptions()).max_dose_tol_pct / 100.0
             norm = normalization_factor(goals, dose, masks, patient.grid.voxel_volume_cc,
                                         out["max_dose_limit_gy"] * tol)

@@ -143,11 +143,12 @@ def test_normalization_restores_p1_coverage_within_its_bounds():
     # coverage short by d95/70: the factor is what brings D95 back to 70 Gy
     f = normalization_factor([cover], dose, masks, 0.001, None)
     assert f == pytest.approx(70.0 / d95, rel=1e-4)
-    # an OAR goal met now that scaling would break limits the factor to keep it met
+    # a P1 OAR goal met now that scaling would break limits the factor to keep it met (a
+    # lower-priority one does not: see the next test)
     from core.goals.goal import MET_SLACK_GY
 
     oar_mean = float(dose[oar].mean())
-    keep = ClinicalGoal.from_dict({"priority": 3, "structure": "OAR", "type": "max_mean",
+    keep = ClinicalGoal.from_dict({"priority": 1, "structure": "OAR", "type": "max_mean",
                                    "dose_gy": oar_mean * 1.005})
     f2 = normalization_factor([cover, keep], dose, masks, 0.001, None)
     # the mean scales with f up to the goal value itself: "met" allows MET_SLACK_GY above
@@ -166,6 +167,35 @@ def test_normalization_restores_p1_coverage_within_its_bounds():
     ok = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
                                  "volume_pct": 95, "dose_gy": 60.0})
     assert normalization_factor([ok], dose, masks, 0.001, None) == 1.0
+
+
+def test_normalization_lets_p1_coverage_outrank_a_met_lower_priority_goal():
+    from core.goals.evaluate import evaluate_goals
+    from core.pipeline import normalization_factor
+
+    rng = np.random.default_rng(4)
+    target = np.zeros(1000, bool)
+    target[:500] = True
+    oar = ~target
+    dose = np.where(target, rng.uniform(65.0, 70.0, 1000), rng.uniform(10.0, 40.0, 1000)).astype(np.float32)
+    masks = {"PTV": target, "OAR": oar}
+    floor = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
+                                    "volume_pct": 95, "dose_gy": 66.5})
+    d95 = float(np.percentile(dose[target], 5))
+    assert d95 < 66.5
+    oar_mean = float(dose[oar].mean())
+    at_value = {"structure": "OAR", "type": "max_mean", "dose_gy": oar_mean}  # met, no room to scale up
+    p3 = ClinicalGoal.from_dict({"priority": 3, **at_value})
+    f = normalization_factor([floor, p3], dose, masks, 0.001, None, targets={"PTV"})
+    assert f == pytest.approx(66.5 / d95, rel=1e-4)
+    res = evaluate_goals([floor, p3], dose * np.float32(f), masks, 0.001)
+    assert res[0].met and not res[1].met
+    # a met P1 goal is never traded: the plan keeps its scale
+    p1 = ClinicalGoal.from_dict({"priority": 1, **at_value})
+    assert normalization_factor([floor, p1], dose, masks, 0.001, None, targets={"PTV"}) == pytest.approx(1.0, abs=1e-3)
+    # nor is the global maximum
+    assert normalization_factor([floor, p3], dose, masks, 0.001, float(dose.max()) * 1.001,
+                                targets={"PTV"}) <= 1.001 + 1e-6
 
 
 def test_normalization_restores_p2_target_coverage_when_targets_are_named():
