@@ -13,7 +13,7 @@ a DOSE file ``openatp review create`` and ``openatp compare`` read) as it finish
 reused, so a long run can be stopped and resumed (``--fresh`` replans everything).
 
     .venv/bin/python bench/pipeline.py [--data ../shared/data/openkbp/validation]
-        [--limit N] [--cases pt_201,pt_202] [--out out/bench_pipeline] [--threads 1]
+        [--limit N] [--cases pt_201,pt_202] [--out out/bench_pipeline] [--threads 1] [--time-limit S]
 """
 
 from __future__ import annotations
@@ -52,14 +52,15 @@ def _endpoints(patient, dose_gy: np.ndarray) -> dict:
     return out
 
 
-def plan_case(path: Path, dose_dir: Path | None = None) -> dict:
+def plan_case(path: Path, dose_dir: Path | None = None, time_limit: float | None = None) -> dict:
     from core.io.loader import load_patient
     from core.pipeline import PlanOptions, plan_patient
 
     t0 = time.perf_counter()
     patient = load_patient(str(path))
     load_s = time.perf_counter() - t0
-    result = plan_patient(patient, "hn", options=PlanOptions(predict=True, device="cpu"), load_s=load_s)
+    budget = {} if time_limit is None else {"time_budget_s": time_limit or None}
+    result = plan_patient(patient, "hn", options=PlanOptions(predict=True, device="cpu", **budget), load_s=load_s)
     m = result.metrics
     if dose_dir is not None:  # the plan's dose, e.g. as the automated arm of a review study
         from core.io.dosefile import save_dose_npz
@@ -120,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "out" / "bench_pipeline"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--time-limit", type=float, default=None, metavar="S",
+                    help="plan time budget as `openatp plan --time-limit` (default: the CLI's; 0: none)")
     args = ap.parse_args(argv)
 
     import torch
@@ -140,14 +143,18 @@ def main(argv=None) -> int:
             rows.append(json.loads(f.read_text()))
             continue
         try:
-            row = plan_case(p, out / "doses")
+            row = plan_case(p, out / "doses", args.time_limit)
         except Exception as exc:  # noqa: BLE001 - one failing case is reported, the rest go on
             row = {"case": p.stem, "error": f"{type(exc).__name__}: {exc}"}
         f.write_text(json.dumps(row, indent=1))
         print(json.dumps({"case": p.stem, "wall_s": row.get("wall_s"), "all_p1_met": row.get("all_p1_met"),
                           "error": row.get("error")}), file=sys.stderr, flush=True)
         rows.append(row)
-    doc = {"benchmark": "pipeline", "data": args.data, "threads": args.threads, "summary": summarize(rows),
+    from core.pipeline import PlanOptions
+
+    limit = PlanOptions().time_budget_s if args.time_limit is None else (args.time_limit or None)
+    doc = {"benchmark": "pipeline", "data": args.data, "threads": args.threads, "time_limit_s": limit,
+           "summary": summarize(rows),
            "cases": rows}
     (out / "summary.json").write_text(json.dumps(doc, indent=1))
     print(json.dumps(doc["summary"], indent=1))

@@ -73,3 +73,18 @@ def test_plan_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     rc = main(["plan", str(case), "--site", "hn", "--no-predict", "--time-limit", "-5", "--out", str(out)])
     assert rc == 2 and "--time-limit" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_plan_time_limit_defaults_to_the_two_minute_budget_and_zero_lifts_it():
+    from types import SimpleNamespace
+
+    from app.commands.plan import _options
+    from core.pipeline import DEFAULT_TIME_BUDGET_S
+
+    def opts(limit):
+        return _options(SimpleNamespace(no_predict=True, beams=None, device="cpu", dose_grid=None, model=None,
+                                        time_limit=limit))
+
+    assert opts(None).time_budget_s == DEFAULT_TIME_BUDGET_S < 120.0
+    assert opts(0.0).time_budget_s is None
+    assert opts(45.0).time_budget_s == 45.0
