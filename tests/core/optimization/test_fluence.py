@@ -128,6 +128,8 @@ def test_time_budget_cuts_later_levels_never_the_first(toy):
     assert first["priority"] == 1 and "time_budget_iter" not in first
     assert first["iterations"] == free["levels"][0]["iterations"]          # P1 ran as without a budget
     assert later and all(lv["time_budget_iter"] == 5 for lv in later)     # nothing left: the floor
+    # and past its share of the time a level neither runs on nor starts repairs
+    assert all(lv["repairs"] == 0 and lv["iterations"] <= 2 * 5 for lv in later)
     assert sum(lv["iterations"] for lv in later) < sum(lv["iterations"] for lv in free["levels"][1:])
     assert any("time budget" in w for w in tight["warnings"])
     assert _evaluate(toy, TG119_LIKE, tight["weights"])[0].met              # P1 kept
