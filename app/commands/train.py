@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--extend-lr", type=float, default=None, help="peak learning rate of the added phase")
     p.add_argument("--stage", choices=("unet", "refiner"), default="unet",
                    help="unet: the coarse network (default); refiner: the full-resolution refiner")
-    p.add_argument("--steps", type=int, default=5000, help="refiner: training steps (patches; default 5000)")
+    p.add_argument("--steps", type=int, default=12000, help="refiner: training steps (patches; default 12000)")
     p.add_argument("--patch", type=int, default=48, help="refiner: patch size in voxels (default 48)")
     p.add_argument("--width", type=int, default=16, help="refiner: channels per layer (default 16)")
     p.add_argument("--dilations", default="1,2,4,2,1", help="refiner: dilation of each 3x3x3 layer")

@@ -40,7 +40,7 @@ class RefinerTrainConfig:
     """Refiner training settings; the defaults are the shipped refiner's recipe."""
 
     site: str = "hn"
-    steps: int = 5000
+    steps: int = 12000
     patch: int = 48
     patches_per_case: int = 4
     lr: float = 1e-3

@@ -7,10 +7,11 @@ takes longer than the 15 s target (plus slack for a loaded CI machine). It fails
 trained weights are installed there.
 
 The shipped model (the epoch-90 U-Net, its full-resolution refiner and the left-right
-test-time flip, all applied by default) meets the 3.0 Gy target on this case (2.87 Gy)
-but not yet over the validation split (3.32 Gy, see MODEL_CARD.md). A regression guard
+test-time flip, all applied by default) meets the 3.0 Gy target on this case (2.89 Gy)
+but not yet over the validation split (3.27 Gy, see MODEL_CARD.md). A regression guard
 holds the shipped model to what it measured here, so a worse model cannot be installed
-silently. (Without the refiner and the flip the same U-Net scored 2.93 Gy here.)
+silently. (Without the refiner and the flip the same U-Net scored 2.93 Gy here; the
+shorter-trained refiner shipped before scored 2.87 Gy here but 3.32 Gy over the split.)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from core.prediction.scores import dose_score  # noqa: E402
 DOSE_SCORE_TARGET_GY = 3.0
 #: What the shipped model measured on this case when it was installed (MODEL_CARD.md), plus
 #: 0.05 Gy for floating-point and thread-count differences between machines.
-SHIPPED_DEMO_SCORE_GY = 2.87 + 0.05
+SHIPPED_DEMO_SCORE_GY = 2.89 + 0.05
 
 
 @pytest.fixture(scope="module")
