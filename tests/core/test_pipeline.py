@@ -128,15 +128,21 @@ def test_no_target_and_unknown_site_are_input_errors():
         plan_patient(small_patient(), "no-such-site", options=PlanOptions(predict=False, device="cpu"))
 
 
+def _half_target_dose(seed, target_gy, other_gy, other="OAR"):
+    """1000 voxels: the first 500 the target "PTV", dose uniform in ``target_gy``; the rest
+    the structure ``other``, dose uniform in ``other_gy``. Returns ``(dose, target, masks)``."""
+    rng = np.random.default_rng(seed)
+    target = np.zeros(1000, bool)
+    target[:500] = True
+    dose = np.where(target, rng.uniform(*target_gy, 1000), rng.uniform(*other_gy, 1000)).astype(np.float32)
+    return dose, target, {"PTV": target, other: ~target}
+
+
 def test_normalization_restores_p1_coverage_within_its_bounds():
     from core.pipeline import MAX_NORMALIZATION, normalization_factor
 
-    rng = np.random.default_rng(1)
-    target = np.zeros(1000, bool)
-    target[:500] = True
-    oar = ~target
-    dose = np.where(target, rng.uniform(68.0, 71.0, 1000), rng.uniform(10.0, 40.0, 1000)).astype(np.float32)
-    masks = {"PTV": target, "OAR": oar}
+    dose, target, masks = _half_target_dose(1, (68.0, 71.0), (10.0, 40.0))
+    oar = masks["OAR"]
     cover = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
                                     "volume_pct": 95, "dose_gy": 70.0})
     d95 = np.percentile(dose[target], 5)
@@ -173,12 +179,8 @@ def test_normalization_lets_p1_coverage_outrank_a_met_lower_priority_goal():
     from core.goals.evaluate import evaluate_goals
     from core.pipeline import normalization_factor
 
-    rng = np.random.default_rng(4)
-    target = np.zeros(1000, bool)
-    target[:500] = True
-    oar = ~target
-    dose = np.where(target, rng.uniform(65.0, 70.0, 1000), rng.uniform(10.0, 40.0, 1000)).astype(np.float32)
-    masks = {"PTV": target, "OAR": oar}
+    dose, target, masks = _half_target_dose(4, (65.0, 70.0), (10.0, 40.0))
+    oar = masks["OAR"]
     floor = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
                                     "volume_pct": 95, "dose_gy": 66.5})
     d95 = float(np.percentile(dose[target], 5))
@@ -201,11 +203,7 @@ def test_normalization_lets_p1_coverage_outrank_a_met_lower_priority_goal():
 def test_normalization_restores_p2_target_coverage_when_targets_are_named():
     from core.pipeline import normalization_factor
 
-    rng = np.random.default_rng(2)
-    target = np.zeros(1000, bool)
-    target[:500] = True
-    dose = np.where(target, rng.uniform(68.0, 71.0, 1000), rng.uniform(10.0, 40.0, 1000)).astype(np.float32)
-    masks = {"PTV": target, "OAR": ~target}
+    dose, target, masks = _half_target_dose(2, (68.0, 71.0), (10.0, 40.0))
     floor = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
                                     "volume_pct": 95, "dose_gy": 66.5})
     aim = ClinicalGoal.from_dict({"priority": 2, "structure": "PTV", "type": "min_dose_at_volume",
@@ -237,12 +235,7 @@ def test_auto_dose_grid_reads_in_plane_spacing_from_the_axes():
 def test_normalization_scales_down_for_a_p1_limit_only_while_p1_coverage_holds():
     from core.pipeline import MIN_NORMALIZATION, normalization_factor
 
-    rng = np.random.default_rng(3)
-    target = np.zeros(1000, bool)
-    target[:500] = True
-    cord = ~target
-    dose = np.where(target, rng.uniform(68.0, 72.0, 1000), rng.uniform(10.0, 45.6, 1000)).astype(np.float32)
-    masks = {"PTV": target, "Cord": cord}
+    dose, target, masks = _half_target_dose(3, (68.0, 72.0), (10.0, 45.6), other="Cord")
     floor = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
                                     "volume_pct": 95, "dose_gy": 66.5})
     limit = ClinicalGoal.from_dict({"priority": 1, "structure": "Cord", "type": "max_dose_at_volume",
@@ -266,12 +259,8 @@ def test_normalization_scales_down_for_a_p1_limit_only_while_p1_coverage_holds()
 def test_normalization_scales_a_plan_over_the_global_maximum_down_while_p1_holds():
     from core.pipeline import normalization_factor
 
-    rng = np.random.default_rng(4)
-    target = np.zeros(1000, bool)
-    target[:500] = True
-    dose = np.where(target, rng.uniform(68.0, 72.0, 1000), rng.uniform(10.0, 40.0, 1000)).astype(np.float32)
+    dose, target, masks = _half_target_dose(4, (68.0, 72.0), (10.0, 40.0))
     dose[0] = 77.3  # one hot voxel over a 77 Gy (110 %) limit after sequencing
-    masks = {"PTV": target, "OAR": ~target}
     floor = ClinicalGoal.from_dict({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume",
                                     "volume_pct": 95, "dose_gy": 66.5})
     f = normalization_factor([floor], dose, masks, 0.001, 77.0, targets={"PTV"})
