@@ -46,7 +46,7 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
         return g.structure in targets if targets is not None else g.priority == 1
 
     met_before = {i for i, r in enumerate(base) if r.met}
-    hot = max_dose_limit_gy is not None and float(dose_gy.max()) > max_dose_limit_gy + 1e-6
+    hot = not _within_max(dose_gy, 1.0, max_dose_limit_gy)
     if hot or any(r.goal.priority == 1 and not r.goal.kind.is_lower_bound and r.met is False for r in base):
         # a P1 limit or the global maximum is exceeded: scaling up would only make it worse
         return _scale_down_for_p1_limits(goals, base, dose_gy, masks, voxel_cc, met_before,
@@ -56,7 +56,7 @@ def normalization_factor(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: floa
         return 1.0
 
     def ok(f: float) -> bool:
-        if max_dose_limit_gy is not None and float(dose_gy.max()) * f > max_dose_limit_gy + 1e-6:
+        if not _within_max(dose_gy, f, max_dose_limit_gy):
             return False
         res = evaluate_goals(goals, dose_gy * np.float32(f), masks, voxel_cc)
         return all(_kept(base[i], res[i]) for i in met_before)
@@ -91,13 +91,17 @@ def _p1_coverage_first(goals, base, dose_gy, masks, voxel_cc, met_before, max_do
     if all(r.met for r in at_all) or not all(base[i].achieved for i in p1):
         return 1.0
     f = max(base[i].goal.dose_gy / base[i].achieved for i in p1) * (1.0 + 1e-5)
-    if f > MAX_NORMALIZATION or (max_dose_limit_gy is not None
-                                 and float(dose_gy.max()) * f > max_dose_limit_gy + 1e-6):
+    if f > MAX_NORMALIZATION or not _within_max(dose_gy, f, max_dose_limit_gy):
         return 1.0
     res = evaluate_goals(goals, dose_gy * np.float32(f), masks, voxel_cc)
     p1_kept = all(_kept(base[i], res[i]) for i in met_before if base[i].goal.priority == 1)
     p1_met = all(res[i].met for i in p1)
     return float(f) if p1_kept and p1_met else 1.0
+
+
+def _within_max(dose_gy: np.ndarray, f: float, max_dose_limit_gy: float | None) -> bool:
+    """The plan scaled by ``f`` stays under the global maximum-dose limit (none: always)."""
+    return max_dose_limit_gy is None or float(dose_gy.max()) * f <= max_dose_limit_gy + 1e-6
 
 
 def _kept(before, after) -> bool:
