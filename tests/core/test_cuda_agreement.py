@@ -1,0 +1,73 @@
+"""CUDA runs the same planning code as the CPU: optimizer, pipeline and prediction agree.
+
+These run only where a CUDA GPU is present (a lent device machine, ``bench/gpu_session.sh``);
+CI has none. The dose engine's CPU/CUDA agreement is in ``tests/core/dose/test_cuda.py``.
+Tolerances are physical, not fitted: the optimizer is iterative in float32, so the two
+devices' summation orders give slightly different paths; both must meet the same goals and
+give doses within 2 % of the prescription of each other where it matters.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+
+def test_optimizer_meets_the_same_goals_on_cuda_as_on_cpu():
+    from core.goals.evaluate import evaluate_goals
+    from core.optimization.fluence import optimize_fluence
+    from tests.core.optimization.test_fluence import RX, TG119_LIKE
+    from tests.core.optimization.toy import c_shape, toy_dij
+
+    grid, masks = c_shape(40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dij = toy_dij(grid, masks["Body"])
+    runs = {}
+    for dev in ("cpu", "cuda"):
+        # the optimizer builds its own copy of the matrix on the device it is given
+        out = optimize_fluence(dij, TG119_LIKE, masks, RX, device=torch.device(dev))
+        dose = dij.dose_on_grid(out["weights"])
+        runs[dev] = (dose, evaluate_goals(TG119_LIKE, dose, masks, grid.voxel_volume_cc))
+    for dev, (_, res) in runs.items():
+        assert all(r.met for r in res), (dev, [(r.goal.label, r.achieved) for r in res])
+    target = masks["Target"]
+    mean_cpu, mean_gpu = (float(runs[d][0][target].mean()) for d in ("cpu", "cuda"))
+    assert abs(mean_cpu - mean_gpu) <= 0.02 * RX["Target"]
+
+
+def test_pipeline_plans_the_phantom_on_cuda_as_on_cpu():
+    from core.pipeline import PlanOptions, plan_patient
+    from tests.core.test_pipeline import GOALS, small_patient
+
+    doses = {}
+    for dev in ("cpu", "cuda"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = plan_patient(small_patient(), None, goals=GOALS,
+                             options=PlanOptions(predict=False, beams="imrt5", device=dev))
+        assert r.metrics["all_p1_met"], (dev, r.metrics["goals"])
+        assert r.metrics["device"].startswith(dev)
+        doses[dev] = r.final_dose.dose_gy
+    ptv = small_patient().structures["PTV70"].mask
+    assert abs(float(doses["cpu"][ptv].mean()) - float(doses["cuda"][ptv].mean())) <= 0.02 * 70.0
+    assert abs(float(doses["cpu"].max()) - float(doses["cuda"].max())) <= 0.02 * 70.0
+
+
+def test_prediction_on_cuda_matches_cpu(demo_case):
+    from core.io.openkbp import load_openkbp
+    from core.prediction.predict import DosePredictor
+    from core.prediction.scores import dose_score
+
+    patient = load_openkbp(demo_case)
+    cpu = DosePredictor(device="cpu", site="hn").predict(patient).dose.dose_gy
+    gpu = DosePredictor(device="cuda", site="hn").predict(patient).dose.dose_gy
+    # float32 convolutions (cuDNN may use TF32): a few hundredths of a Gray at most
+    assert dose_score(gpu, cpu, patient.possible_dose_mask) <= 0.05
+    assert np.abs(gpu - cpu).max() <= 1.0
