@@ -1,32 +1,56 @@
 #!/usr/bin/env bash
-# One prepared session on a lent GPU (the device tool), about 9 minutes of it:
+# One prepared session on a lent GPU (the device tool), at most about 9 minutes of it:
 #   bash bench/gpu_data.sh                       # here, once: .gpu_data/
 #   device run: bash bench/gpu_session.sh        # carry [".gpu_data"], timeout_s 590
 # The device python has torch but neither pydicom nor PySide6; nothing below needs them.
-# Everything lands in $OUT (at most 8 files come back): CUDA benchmarks of the dose engine
-# and optimizer (TG-119, pt_201), prediction inference, and the GPU-preset training run
-# (TRAIN_MIN minutes, default 5) with its model.
+# Stages run most important first, each under its own timeout so that one failing or slow
+# stage costs only its own result; the training run gets what is left of END_S seconds.
+# Everything lands in one archive, $OUT/results.tgz, plus the trained weights beside it.
+#   DEV=cpu END_S=120 bash bench/gpu_session.sh  # dry run here (no GPU; short stages)
 set -u
 export PYTHONUNBUFFERED=1 OPENATP_SHARED_DATA=.gpu_data
-O=${OUT:-out/gpu}; mkdir -p "$O"
+OUTDIR=${OUT:-out/gpu}
+O="$OUTDIR/r"; mkdir -p "$O"
 D=.gpu_data
-TRAIN_MIN=${TRAIN_MIN:-5}
+DEV=${DEV:-cuda}
+END_S=${END_S:-510}          # the whole script, seconds (device timeout_s leaves a margin)
+TRAIN_MAX_S=${TRAIN_MAX_S:-270}  # at most this for training: a failed early stage leaves time to rerun
+THREADS=${THREADS:-4}        # host threads: a GPU workstation's CPU side, not all 16 cores
+PY=${PY:-python3}
+stage() {  # stage NAME TIMEOUT_S CMD...: stdout to NAME.json|.log, stderr to NAME.err, seconds logged
+  local name=$1 t=$2; shift 2
+  local t0=$SECONDS
+  timeout "$t" "$@" > "$O/$name.out" 2> "$O/$name.err"
+  echo "$name rc=$? seconds=$((SECONDS - t0))" >> "$O/stages.txt"
+}
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available())"
+  nproc
+  $PY -c "import torch, numpy, scipy, sys; print(sys.version.split()[0], torch.__version__, numpy.__version__, scipy.__version__, torch.cuda.is_available())"
 } > "$O/env.txt" 2>&1
-# 1. dose-influence matrix and optimizer (cold, warm) on CUDA
-timeout 150 python bench/optimizer.py --device cuda --case all --threads 4 \
-  > "$O/bench_optimizer_cuda.json" 2> "$O/bench_optimizer_cuda.err"
-# 2. prediction scores and inference time (shipped model) on the five carried validation cases
-# (bench/prediction.py runs the CPU pass too, then CUDA when present)
-timeout 120 python bench/prediction.py --data "$D/openkbp/validation" \
-  > "$O/bench_prediction_cuda.json" 2> "$O/bench_prediction_cuda.err"
-# 3. the GPU-preset model from the compact caches, checkpointed; its best weights come back
-timeout $((TRAIN_MIN * 60 + 90)) python main.py train --site hn --data "$D/openkbp" --cache-dir "$D" \
-  --out "$O/hn_gpu" --size gpu --device cuda --time-budget-min "$TRAIN_MIN" --n-val 5 \
-  > "$O/train.log" 2>&1
-cp "$O/hn_gpu/model.pt" "$O/hn_gpu_model.pt" 2>/dev/null
-cp "$O/hn_gpu/train_log.jsonl" "$O/hn_gpu_train_log.jsonl" 2>/dev/null
-rm -rf "$O/hn_gpu"
-ls -la "$O"
+# 1. dose-influence matrix and optimizer (cold, warm after a goal edit): TG-119 and pt_201
+stage bench_optimizer 130 $PY bench/optimizer.py --device "$DEV" --case all --threads "$THREADS"
+# 2. prediction scores and inference seconds, CPU pass (all host threads) then CUDA
+stage bench_prediction 80 $PY bench/prediction.py --data "$D/openkbp/validation" --threads 8
+# 3. the whole pipeline (predict, goals, dose matrix, optimize, sequence, final dose), 7 cases
+stage bench_pipeline 170 $PY bench/pipeline.py --device "$DEV" --threads "$THREADS" \
+  --data "$D/openkbp/validation" --out "$O/pipeline"
+# 4. CPU/CUDA agreement tests (dose engine, optimizer, pipeline, prediction)
+stage tests_cuda 90 $PY -m pytest -q -p no:cacheprovider tests/core/dose/test_cuda.py tests/core/test_cuda_agreement.py
+# 5. the GPU-preset model from the compact caches, in what time is left
+LEFT=$((END_S - SECONDS - 45))
+[ "$LEFT" -gt "$TRAIN_MAX_S" ] && LEFT=$TRAIN_MAX_S
+if [ "$LEFT" -ge 60 ]; then
+  MIN=$(awk "BEGIN{printf \"%.2f\", ($LEFT - 50) / 60}")  # ~30 s preparing the cases
+  echo "train budget ${MIN} min" >> "$O/stages.txt"
+  stage train $((LEFT + 15)) $PY main.py train --site hn --data "$D/openkbp" --cache-dir "$D" \
+    --out "$O/hn_gpu" --size gpu --device "$DEV" --time-budget-min "$MIN" --n-val 5
+  mv "$O/hn_gpu/model.pt" "$OUTDIR/hn_gpu_model.pt" 2>/dev/null
+  rm -f "$O"/hn_gpu/*.pt
+else
+  echo "train skipped: ${LEFT}s left" >> "$O/stages.txt"
+fi
+echo "total seconds=$SECONDS" >> "$O/stages.txt"
+rm -rf "$O/pipeline/doses"
+tar czf "$OUTDIR/results.tgz" -C "$OUTDIR" r && rm -rf "$O"
+ls -la "$OUTDIR"

@@ -13,7 +13,7 @@ a DOSE file ``openatp review create`` and ``openatp compare`` read) as it finish
 reused, so a long run can be stopped and resumed (``--fresh`` replans everything).
 
     .venv/bin/python bench/pipeline.py [--data ../shared/data/openkbp/validation]
-        [--limit N] [--cases pt_201,pt_202] [--out out/bench_pipeline] [--threads 1] [--time-limit S]
+        [--limit N] [--cases pt_201,pt_202] [--out out/bench_pipeline] [--threads 1] [--time-limit S] [--device cpu]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -52,15 +53,20 @@ def _endpoints(patient, dose_gy: np.ndarray) -> dict:
     return out
 
 
-def plan_case(path: Path, dose_dir: Path | None = None, time_limit: float | None = None) -> dict:
+def plan_case(path: Path, dose_dir: Path | None = None, time_limit: float | None = None, device: str = "cpu") -> dict:
     from core.io.loader import load_patient
     from core.pipeline import PlanOptions, plan_patient
 
+    cuda = device.startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     patient = load_patient(str(path))
     load_s = time.perf_counter() - t0
     budget = {} if time_limit is None else {"time_budget_s": time_limit or None}
-    result = plan_patient(patient, "hn", options=PlanOptions(predict=True, device="cpu", **budget), load_s=load_s)
+    result = plan_patient(patient, "hn", options=PlanOptions(predict=True, device=device, **budget), load_s=load_s)
     m = result.metrics
     if dose_dir is not None:  # the plan's dose, e.g. as the automated arm of a review study
         from core.io.dosefile import save_dose_npz
@@ -73,7 +79,10 @@ def plan_case(path: Path, dose_dir: Path | None = None, time_limit: float | None
                                                          if g["priority"] == 1 and g.get("met") is False],
             "max_pct": m["max_dose_pct_of_prescription"], "plan": plan, "reference": ref,
             "normalization_factor": m["normalization_factor"], "total_mu": m["total_mu"],
-            "n_segments": m["n_segments"], "iterations": m["optimizer"]["iterations"]}
+            "n_segments": m["n_segments"], "iterations": m["optimizer"]["iterations"], "device": m["device"],
+            # the process's peak so far (a later case's is at least an earlier one's)
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
+            "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None}
 
 
 def summarize(rows: list) -> dict:
@@ -121,6 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "out" / "bench_pipeline"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (prediction, dose engine, optimizer)")
     ap.add_argument("--time-limit", type=float, default=None, metavar="S",
                     help="plan time budget as `openatp plan --time-limit` (default: the CLI's; 0: none)")
     args = ap.parse_args(argv)
@@ -143,7 +153,7 @@ def main(argv=None) -> int:
             rows.append(json.loads(f.read_text()))
             continue
         try:
-            row = plan_case(p, out / "doses", args.time_limit)
+            row = plan_case(p, out / "doses", args.time_limit, args.device)
         except Exception as exc:  # noqa: BLE001 - one failing case is reported, the rest go on
             row = {"case": p.stem, "error": f"{type(exc).__name__}: {exc}"}
         f.write_text(json.dumps(row, indent=1))
@@ -153,7 +163,8 @@ def main(argv=None) -> int:
     from core.pipeline import PlanOptions
 
     limit = PlanOptions().time_budget_s if args.time_limit is None else (args.time_limit or None)
-    doc = {"benchmark": "pipeline", "data": args.data, "threads": args.threads, "time_limit_s": limit,
+    doc = {"benchmark": "pipeline", "data": args.data, "threads": args.threads, "device": args.device,
+           "time_limit_s": limit,
            "summary": summarize(rows),
            "cases": rows}
     (out / "summary.json").write_text(json.dumps(doc, indent=1))
