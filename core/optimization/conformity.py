@@ -18,6 +18,9 @@ homogeneous target with a steep edge is what keeps the prescription isodose conf
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,13 +48,37 @@ class FalloffSpec:
         return rx_gy * (self.end + (self.start - self.end) * np.exp(-np.asarray(r_mm) / self.falloff_mm))
 
 
+#: Distance maps of recent masks. A warm start, a refinement or the next level of a plan
+#: asks again for the same targets' maps; each costs 0.2-0.3 s of a host core (H200
+#: machine, pt_201: 5 maps, 1.6 s of a 4.4 s warm start on the GPU).
+_DISTANCE_CACHE: OrderedDict = OrderedDict()
+_DISTANCE_CACHE_SIZE = 8
+_DISTANCE_LOCK = threading.Lock()
+
+
 def distance_outside_mm(mask: np.ndarray, grid: Grid) -> np.ndarray:
-    """Euclidean distance (mm) of every voxel from the nearest voxel of ``mask`` (0 inside)."""
+    """Euclidean distance (mm) of every voxel from the nearest voxel of ``mask`` (0 inside).
+
+    The result is read-only: it may be shared with later calls for the same mask."""
     from scipy import ndimage
 
+    mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         raise InputError("cannot measure distance from an empty structure")
-    return ndimage.distance_transform_edt(~mask, sampling=grid.spacing_mm).astype(np.float32)
+    key = (hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest(), mask.shape,
+           tuple(float(v) for v in grid.spacing_mm))
+    with _DISTANCE_LOCK:
+        hit = _DISTANCE_CACHE.get(key)
+        if hit is not None:
+            _DISTANCE_CACHE.move_to_end(key)
+            return hit
+    r = ndimage.distance_transform_edt(~mask, sampling=grid.spacing_mm).astype(np.float32)
+    r.flags.writeable = False
+    with _DISTANCE_LOCK:
+        _DISTANCE_CACHE[key] = r
+        while len(_DISTANCE_CACHE) > _DISTANCE_CACHE_SIZE:
+            _DISTANCE_CACHE.popitem(last=False)
+    return r
 
 
 def falloff_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec: FalloffSpec):

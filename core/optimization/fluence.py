@@ -135,10 +135,13 @@ class OptimizerOptions:
     # prediction keep every thread.
     cpu_threads: int | None = 1
     # all goals of a level in one segmented evaluation with a hand-written gradient
-    # (core.optimization.batched) instead of one autograd graph per goal. None: on CUDA,
-    # where the per-goal graphs cost 17 ms an evaluation in kernel launches (H200, pt_201)
-    # against 0.15 ms for the sparse product; the CPU keeps the per-goal path its plans
-    # were validated with.
+    # (core.optimization.batched) instead of one autograd graph per goal. None: on CUDA
+    # only. There the per-goal graphs cost 17 ms an evaluation in kernel launches against
+    # 0.15 ms for the sparse product (H200, pt_201 cold: 35.2 s per goal, 13.3 s batched).
+    # On this CPU batched plans are as good and a little faster (33 validation cases:
+    # optimization 35.2 s a case against 37.5 s, every criterion of bench/pipeline.py held),
+    # but the L-BFGS path differs by round-off and a refinement test's delivered patch goal
+    # then missed by 0.4 Gy after sequencing, so the CPU keeps the path it was validated on.
     batched_penalties: bool | None = None
     near_mm: float = 20.0                # every voxel this close to a target takes part (conformity)
     far_stride: int = 8                  # and every n-th voxel further away (maximum dose, fall-off)

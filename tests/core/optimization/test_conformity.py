@@ -101,3 +101,21 @@ def test_homogeneity_control_cools_the_target(toy):
     _, d2_off = _optimize(toy, conformity=None, homogeneity_pct=None)
     _, d2_on = _optimize(toy, conformity=None, homogeneity_weight=30.0)
     assert d2_on < d2_off - 0.5, (d2_on, d2_off)
+
+
+def test_distance_maps_are_reused_for_the_same_mask_and_never_for_another():
+    from scipy import ndimage
+
+    from core.optimization.conformity import distance_outside_mm
+
+    a = _line(0, 5)
+    b = _line(2, 7)
+    ra = distance_outside_mm(a, GRID)
+    assert distance_outside_mm(a.copy(), GRID) is ra       # a warm start asks again: no recomputation
+    assert not ra.flags.writeable                          # shared, so nobody may change it
+    rb = distance_outside_mm(b, GRID)
+    assert rb is not ra
+    for m, r in ((a, ra), (b, rb)):
+        np.testing.assert_allclose(r, ndimage.distance_transform_edt(~m, sampling=GRID.spacing_mm), rtol=1e-6)
+    coarse = Grid(GRID.shape, tuple(2 * s for s in GRID.spacing_mm), GRID.origin_mm)
+    assert np.allclose(distance_outside_mm(a, coarse), 2 * ra)  # the spacing is part of the key
