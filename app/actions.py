@@ -132,6 +132,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("plan.save_template", "Save goals as &institution template…", "&Plan",
                "planning.save_template_dialog", "save", None, False, "goals_idle",
                tip="Save the goal list as a protocol template in your institution's folder"),
+    ActionSpec("plan.time_limit", "Plan &time limit…", "&Plan", "planning.time_limit_dialog", None, None, False,
+               "always", tip="How long an automated plan or an optimization may take (0: no limit)"),
     ActionSpec("plan.refine", "Re&fine plan", "&Plan", "refinement.refine", None, "F10", False, "warm_idle",
                tip="Warm refinement rounds from the current plan, same dose matrix: a new patch goal first, "
                    "never breaking a met P1 goal"),

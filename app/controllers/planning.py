@@ -17,11 +17,16 @@ from app.session import PlanEntry, PlanVersion
 from core.errors import OpenATPError
 
 
-def plan_task(patient, site=None, progress=None, cancel=None):
+#: settings key of the plan time limit (s; 0: none), as ``openatp plan --time-limit``
+TIME_LIMIT_KEY = "planning/time_limit_s"
+
+
+def plan_task(patient, site=None, time_budget_s="default", progress=None, cancel=None):
     """Worker body: :func:`core.pipeline.plan_patient` on the loaded patient.
 
     The site defaults to the protocol template matching the patient's structure names;
     goal values are personalised by the dose prediction when that site has a model.
+    ``time_budget_s``: the plan's time budget (None: no limit; "default": the pipeline's).
     """
     from core.errors import InputError
     from core.pipeline import PlanOptions, guess_site, model_available, plan_patient
@@ -30,7 +35,8 @@ def plan_task(patient, site=None, progress=None, cancel=None):
     if site is None:
         raise InputError("no protocol template knows this patient's structure names: "
                          "load a goal list or rename the structures")
-    result = plan_patient(patient, site, options=PlanOptions(predict=model_available(site)),
+    budget = {} if time_budget_s == "default" else {"time_budget_s": time_budget_s}
+    result = plan_patient(patient, site, options=PlanOptions(predict=model_available(site), **budget),
                           progress=progress, cancel=cancel)
     if hasattr(result, "metrics") and getattr(result, "goals", None) is not None:
         # the goal table's achieved / predicted columns, computed here rather than on the GUI thread
@@ -132,6 +138,42 @@ class PlanningController(QObject):
             self.table.templateRequested.connect(self.load_template)
             self.table.saveTemplateRequested.connect(self.save_template_dialog)
 
+    # -- plan time limit ---------------------------------------------------------------------
+    @property
+    def time_limit_s(self) -> float | None:
+        """The plan time limit in seconds (None: none), kept in the settings."""
+        from core.pipeline import DEFAULT_TIME_BUDGET_S
+
+        try:
+            v = float(self.ws.settings.value(TIME_LIMIT_KEY, DEFAULT_TIME_BUDGET_S))
+        except (TypeError, ValueError):
+            v = DEFAULT_TIME_BUDGET_S
+        return v if v > 0 else None
+
+    def set_time_limit(self, seconds: float) -> None:
+        """Set the plan time limit (0: none) for the automated plan and the Optimize steps."""
+        seconds = max(0.0, float(seconds))
+        self.ws.settings.setValue(TIME_LIMIT_KEY, seconds)
+        self.ws.notify(f"plan time limit: {seconds:g} s" if seconds > 0 else "plan time limit: none")
+
+    def time_limit_dialog(self):
+        from PySide6.QtWidgets import QInputDialog
+
+        v, ok = QInputDialog.getInt(self.ws.window, "Plan time limit",
+                                    "Seconds a plan may take (0: no limit).\nThe first priority level is never cut; "
+                                    "later levels share what is left.", int(round(self.time_limit_s or 0)), 0, 3600, 10)
+        if ok:
+            self.set_time_limit(v)
+        return v if ok else None
+
+    def effective_options(self):
+        """The Optimize steps' PlanOptions with the plan time limit."""
+        from dataclasses import replace
+
+        from core.pipeline import PlanOptions
+
+        return replace(self.plan_options or PlanOptions(device="auto"), time_budget_s=self.time_limit_s)
+
     # -- helpers -------------------------------------------------------------------------------
     def _ready(self, what: str) -> bool:
         session = self.ws.session
@@ -197,7 +239,8 @@ class PlanningController(QObject):
         warm_start = session.optimization if warm else None
         session.set_state("re-optimizing (warm)…" if warm else "optimizing…")
         return self.ws.runner.run("Re-optimizing (warm)" if warm else "Optimizing", optimize_task, session.patient,
-                                  goals, session.site, session.dij, warm_start, session.predicted, self.plan_options,
+                                  goals, session.site, session.dij, warm_start, session.predicted,
+                                  self.effective_options(),
                                   on_success=self._on_optimized, on_failure=self._failed(f"{label} failed"),
                                   on_cancel=self._on_optimize_cancelled)
 
@@ -207,7 +250,7 @@ class PlanningController(QObject):
         if not session.has_patient or self.ws.runner.busy:
             return None
         session.set_state("planning…")
-        return self.ws.runner.run("Automated plan", plan_task, session.patient,
+        return self.ws.runner.run("Automated plan", plan_task, session.patient, None, self.time_limit_s,
                                   on_success=self._on_planned, on_failure=self._on_failed,
                                   on_cancel=self._on_cancelled)
 

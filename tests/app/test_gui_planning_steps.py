@@ -186,3 +186,31 @@ def test_demo_patient_predict_goals_optimize_through_the_workers(qtbot, workstat
     assert all(table.model.achieved(r) is not None for r in range(n))   # every goal got its value
     assert all(table.model.predicted(r) is not None for r in range(n) if table.goals()[r].structure in
                ws.session.patient.structures and not table.goals()[r].structure.startswith("Ring"))
+
+
+def test_plan_time_limit_is_a_setting_the_optimize_steps_and_the_automated_plan_use(workstation, monkeypatch):
+    from core.pipeline import DEFAULT_TIME_BUDGET_S
+    from app.controllers import planning
+
+    ws = workstation
+    p = ws.planning
+    assert "plan.time_limit" in ws.actions and ws.actions["plan.time_limit"].isEnabled()
+    assert p.time_limit_s == DEFAULT_TIME_BUDGET_S == p.effective_options().time_budget_s  # the CLI's default
+    p.set_time_limit(30)
+    assert p.time_limit_s == 30.0 and p.effective_options().time_budget_s == 30.0
+    assert float(ws.settings.value(planning.TIME_LIMIT_KEY)) == 30.0  # kept for the next session
+    p.set_time_limit(0)
+    assert p.time_limit_s is None and p.effective_options().time_budget_s is None  # 0: no limit
+    # the automated plan hands the limit to the pipeline
+    seen = {}
+
+    def fake_plan_patient(patient, site, options=None, progress=None, cancel=None):
+        seen["budget"] = options.time_budget_s
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("core.pipeline.plan_patient", fake_plan_patient)
+    monkeypatch.setattr("core.pipeline.guess_site", lambda patient: "hn")
+    p.set_time_limit(45)
+    with pytest.raises(RuntimeError):
+        planning.plan_task(object(), None, p.time_limit_s)
+    assert seen["budget"] == 45.0

@@ -235,7 +235,8 @@ def test_planning_progress_eta_and_cancel_through_the_window(qtbot, workstation,
         return last
 
     stand_in = types.SimpleNamespace(plan_patient=plan_patient, PlanOptions=lambda **kw: kw,
-                                     guess_site=lambda patient: "hn", model_available=lambda site: False)
+                                     guess_site=lambda patient: "hn", model_available=lambda site: False,
+                                     DEFAULT_TIME_BUDGET_S=100.0)
     monkeypatch.setitem(sys.modules, "core.pipeline", stand_in)
     tp = ws.window.task_progress
     ws.actions["plan.run"].trigger()
