@@ -138,10 +138,11 @@ class OptimizerOptions:
     # (core.optimization.batched) instead of one autograd graph per goal. None: on CUDA
     # only. There the per-goal graphs cost 17 ms an evaluation in kernel launches against
     # 0.15 ms for the sparse product (H200, pt_201 cold: 35.2 s per goal, 13.3 s batched).
-    # On this CPU batched plans are as good and a little faster (33 validation cases:
-    # optimization 35.2 s a case against 37.5 s, every criterion of bench/pipeline.py held),
-    # but the L-BFGS path differs by round-off and a refinement test's delivered patch goal
-    # then missed by 0.4 Gy after sequencing, so the CPU keeps the path it was validated on.
+    # On this CPU the two cost the same per iteration and differ by round-off in their
+    # paths: 33 validation plans held every criterion of bench/pipeline.py batched too, in
+    # 35.2 s of optimization a case against 37.5 s, but TG-119 cold took 799 iterations,
+    # 14.5 s, against 754 and 13.2 s (the bound: 13.6 s), so the CPU keeps the
+    # per-goal path. The tests hold the two paths to each other.
     batched_penalties: bool | None = None
     near_mm: float = 20.0                # every voxel this close to a target takes part (conformity)
     far_stride: int = 8                  # and every n-th voxel further away (maximum dose, fall-off)
