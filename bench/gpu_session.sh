@@ -35,6 +35,8 @@ stage bench_prediction 80 $PY bench/prediction.py --data "$D/openkbp/validation"
 # 3. the whole pipeline (predict, goals, dose matrix, optimize, sequence, final dose), 7 cases
 stage bench_pipeline 170 $PY bench/pipeline.py --device "$DEV" --threads "$THREADS" \
   --data "$D/openkbp/validation" --out "$O/pipeline"
+# 3b. where a TG-119 cold optimization's time goes on the GPU (the 3 s target)
+stage profile_tg119 60 $PY bench/profile_optimizer.py --case tg119 --device "$DEV" --maxiter 100
 # 4. CPU/CUDA agreement tests (dose engine, optimizer, pipeline, prediction)
 stage tests_cuda 90 $PY -m pytest -q -p no:cacheprovider tests/core/dose/test_cuda.py tests/core/test_cuda_agreement.py
 # 5. the GPU-preset model from the compact caches, in what time is left
