@@ -73,7 +73,6 @@ class GoalBatch:
         self.sgn = torch.tensor(sgn, **f64)
         self.inv_s2 = torch.tensor([1.0 / s ** 2 for s in scale], **f64)
         self.n_t = torch.tensor(n_arr, **f64)
-        self.is_mean = torch.tensor([k in (_ALARA, _MAX_MEAN, _MIN_MEAN) for k in kinds], device=self.device)
         self.is_none = torch.tensor([k == _NONE for k in kinds], device=self.device)
         no = self.n_order
         self.lo_pos = torch.as_tensor(self.off[:no] + np.asarray(lo[:no], dtype=np.int64), device=self.device)
@@ -125,10 +124,10 @@ class GoalBatch:
             zi = torch.zeros(0, dtype=torch.long, device=self.device)
             return z, z, zi, zi
         if self.use_sort:
-            vals, idx = torch.sort(self.sort_key_base + dv[:self.n_order_vox])
+            idx = torch.sort(self.sort_key_base + dv[:self.n_order_vox]).indices
             ia, ib = idx.index_select(0, self.lo_pos), idx.index_select(0, self.hi_pos)
             return dv.index_select(0, ia), dv.index_select(0, ib), ia, ib
-        a_v, b_v, a_i, b_i = [], [], [], []
+        a_i, b_i = [], []
         for k in range(no):
             o0, o1 = int(self.off[k]), int(self.off[k + 1])
             seg = dv[o0:o1]

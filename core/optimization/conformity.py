@@ -50,7 +50,7 @@ class FalloffSpec:
 
 #: Distance maps of recent masks. A warm start, a refinement or the next level of a plan
 #: asks again for the same targets' maps; each costs 0.2-0.3 s of a host core (H200
-#: machine, pt_201: 5 maps, 1.6 s of a 4.4 s warm start on the GPU).
+#: machine, pt_201: 5 maps, 1.6 s of every optimization, warm starts included).
 _DISTANCE_CACHE: OrderedDict = OrderedDict()
 _DISTANCE_CACHE_SIZE = 8
 _DISTANCE_LOCK = threading.Lock()

@@ -52,8 +52,8 @@ from core.errors import Cancelled, InputError, OptimizationError
 from core.goals.evaluate import evaluate_goals, is_met
 from core.goals.goal import ClinicalGoal, GoalKind
 from core.optimization._blas import single_thread_blas, torch_threads
-from core.optimization.conformity import FalloffSpec, falloff_limits, homogeneity_limits
 from core.optimization.batched import GoalBatch
+from core.optimization.conformity import FalloffSpec, falloff_limits, homogeneity_limits
 from core.optimization.objectives import GoalTerm, achieved_torch, goal_penalty, neighbour_pairs
 from core.progress import check_cancel, report
 

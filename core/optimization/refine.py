@@ -7,7 +7,8 @@ level**, the levels taken in turn from the highest (so the optimizer re-runs tha
 only: every other goal is held and its level skipped). At that level:
 
 * an **unmet** goal is aimed past its value by its shortfall (a maximum 8 Gy over its
-  limit is aimed 8 Gy under it; a coverage 1 Gy short is aimed 1 Gy over), at most
+  limit is aimed 8 Gy under it; a coverage 1 Gy short is aimed 1 Gy over; a goal the
+  plan as delivered misses counts as unmet, by its delivered shortfall), at most
   ``max_push_pct`` % beyond the value, and further each round it improves;
 * an **OAR goal met with room** (more than ``spare_pct`` % of its value; priority 2 or
   lower) is aimed ``step_pct`` % under what it achieved, so the optimizer spends the
