@@ -110,9 +110,13 @@ def pool_inputs(chans_full: np.ndarray, pool: int = POOL) -> np.ndarray:
     """(C, A0, A1, A2) full-res -> (C, A0/p, A1/p, A2/p) by p x p x p averaging (sizes divisible by p)."""
     if pool == 1:
         return chans_full.astype(np.float32, copy=False)
-    c, a0, a1, a2 = chans_full.shape
-    p = pool
-    return chans_full.reshape(c, a0 // p, p, a1 // p, p, a2 // p, p).mean(axis=(2, 4, 6), dtype=np.float32)
+    import torch
+
+    # torch's pooling, not a numpy mean over a 7-axis view: 0.016 s against 0.17 s for 13
+    # channels of 128 x 128 x 96 (2 threads), a tenth of a whole CPU prediction; the
+    # averages agree to float32 round-off (2e-7)
+    x = torch.from_numpy(np.ascontiguousarray(chans_full, dtype=np.float32))
+    return torch.nn.functional.avg_pool3d(x[None], pool)[0].numpy()
 
 
 def pool_dose(dose_gy: np.ndarray, body: np.ndarray, pool: int = POOL) -> np.ndarray:
