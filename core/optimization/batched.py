@@ -55,6 +55,9 @@ class GoalBatch:
         order = sorted(range(len(entries)), key=lambda i: specs[i]["k"] not in _ORDER_KINDS)
         self.perm = np.asarray(order, dtype=np.int64)          # segment k is entry perm[k]
         self.perm_t = torch.as_tensor(self.perm, device=self.device)
+        inv = np.empty_like(self.perm)
+        inv[self.perm] = np.arange(self.perm.size)
+        self.inv_perm_t = torch.as_tensor(inv, device=self.device)   # entry i is segment inv[i]
         col = {key: [specs[i][key] for i in order] for key in ("k", "thr", "sgn", "s", "n", "lo", "hi", "frac", "x")}
         kinds, thr, sgn, scale, n = col["k"], col["thr"], col["sgn"], col["s"], col["n"]
         lo, hi, frac, vad_x = col["lo"], col["hi"], col["frac"], col["x"]
@@ -177,15 +180,7 @@ class GoalBatch:
             p[no:] = torch.where(self.is_none[no:], 0.0, r * r * self.inv_s2[no:])
             cache.update(r_m=r)
         self._cache = cache
-        return p.index_select(0, self._inv_perm())
-
-    def _inv_perm(self):
-        torch = self.torch
-        if not hasattr(self, "_inv"):
-            inv = np.empty_like(self.perm)
-            inv[self.perm] = np.arange(self.perm.size)
-            self._inv = torch.as_tensor(inv, device=self.device)
-        return self._inv
+        return p.index_select(0, self.inv_perm_t)
 
     def gradient(self, coef, n_rows: int):
         """``d/dd sum_e coef_e P_e`` at the last ``penalties`` call: (n_rows,) float64.
@@ -239,4 +234,4 @@ class GoalBatch:
                 hot = self._seg_sum((dv[self.n_order_vox:] >= x.index_select(0, self.seg_m - no)).double(),
                                     self.seg_m - no, self.n_seg - no)
                 out[no:] = torch.where(none, 100.0 * hot / self.n_t[no:], out[no:])
-        return out.index_select(0, self._inv_perm()).cpu().tolist()
+        return out.index_select(0, self.inv_perm_t).cpu().tolist()
