@@ -138,11 +138,12 @@ class OptimizerOptions:
     # (core.optimization.batched) instead of one autograd graph per goal. None: on CUDA
     # only. There the per-goal graphs cost 17 ms an evaluation in kernel launches against
     # 0.15 ms for the sparse product (H200, pt_201 cold: 35.2 s per goal, 13.3 s batched).
-    # On this CPU the two cost the same per iteration and differ by round-off in their
-    # paths: 33 validation plans held every criterion of bench/pipeline.py batched too, in
-    # 35.2 s of optimization a case against 37.5 s, but TG-119 cold took 799 iterations,
-    # 14.5 s, against 754 and 13.2 s (the bound: 13.6 s), so the CPU keeps the
-    # per-goal path. The tests hold the two paths to each other.
+    # On this CPU the two cost about the same per iteration and differ by round-off in
+    # their paths: 33 validation plans held every criterion of bench/pipeline.py batched
+    # too, in 35.2 s of optimization a case against 37.5 s, but TG-119 cold took 799
+    # iterations against 754 (13.2-14.5 s against 12.5-13.7 s over repeated runs, around
+    # the bound of 13.6 s), so the CPU keeps the per-goal path. The tests hold the
+    # two paths to each other.
     batched_penalties: bool | None = None
     near_mm: float = 20.0                # every voxel this close to a target takes part (conformity)
     far_stride: int = 8                  # and every n-th voxel further away (maximum dose, fall-off)
