@@ -6,7 +6,7 @@
 # Stages run most important first, each under its own timeout so that one failing or slow
 # stage costs only its own result; the training run gets what is left of END_S seconds.
 # Everything lands in one archive, $OUT/results.tgz, plus the trained weights beside it.
-#   DEV=cpu END_S=120 bash bench/gpu_session.sh  # dry run here (no GPU; short stages)
+#   DEV=cpu PY=.venv/bin/python bash bench/gpu_session.sh  # dry run here (about 10 min, no training)
 set -u
 export PYTHONUNBUFFERED=1 OPENATP_SHARED_DATA=.gpu_data
 OUTDIR=${OUT:-out/gpu}
@@ -17,7 +17,7 @@ END_S=${END_S:-510}          # the whole script, seconds (device timeout_s leave
 TRAIN_MAX_S=${TRAIN_MAX_S:-270}  # at most this for training: a failed early stage leaves time to rerun
 THREADS=${THREADS:-4}        # host threads: a GPU workstation's CPU side, not all 16 cores
 PY=${PY:-python3}
-stage() {  # stage NAME TIMEOUT_S CMD...: stdout to NAME.json|.log, stderr to NAME.err, seconds logged
+stage() {  # stage NAME TIMEOUT_S CMD...: stdout to NAME.out, stderr to NAME.err, rc and seconds to stages.txt
   local name=$1 t=$2; shift 2
   local t0=$SECONDS
   timeout "$t" "$@" > "$O/$name.out" 2> "$O/$name.err"

@@ -1,4 +1,7 @@
-"""CUDA runs the same planning code as the CPU: optimizer, pipeline and prediction agree.
+"""CUDA and the CPU plan alike: optimizer, pipeline and prediction agree.
+
+The optimizer runs its batched goal penalties on CUDA and the per-goal path on the CPU
+(``OptimizerOptions.batched_penalties``), so these also compare the two paths end to end.
 
 These run only where a CUDA GPU is present (a lent device machine, ``bench/gpu_session.sh``);
 CI has none. The dose engine's CPU/CUDA agreement is in ``tests/core/dose/test_cuda.py``.

@@ -21,8 +21,8 @@ K = GoalKind
 N_ROWS = 3000
 
 
-def _entries(rng):
-    """(term, value) pairs over overlapping random row sets; values near the doses."""
+def _entries():
+    """(term, value) pairs over overlapping row sets of different sizes; values near the doses."""
     sets = {"big": np.arange(0, 2400), "mid": np.arange(1500, 2100), "small": np.arange(2200, 2290),
             "tiny": np.arange(2900, 2930)}
     goals = [
@@ -55,7 +55,7 @@ def _reference(entries, d, coef):
 @pytest.mark.parametrize("use_sort", [False, True], ids=["select", "sort"])
 def test_batched_penalties_and_gradient_equal_the_per_goal_ones(use_sort):
     rng = np.random.default_rng(3)
-    entries = _entries(rng)
+    entries = _entries()
     batch = GoalBatch(entries, "cpu", use_sort=use_sort)
     nonzero = 0
     for trial in range(20):
@@ -73,7 +73,7 @@ def test_batched_penalties_and_gradient_equal_the_per_goal_ones(use_sort):
 @pytest.mark.parametrize("use_sort", [False, True], ids=["select", "sort"])
 def test_batched_achieved_equals_per_goal_achieved(use_sort):
     rng = np.random.default_rng(4)
-    entries = _entries(rng)
+    entries = _entries()
     batch = GoalBatch([(t, None) for t, _ in entries], "cpu", use_sort=use_sort)
     for _ in range(5):
         d = torch.as_tensor(50.0 + rng.normal(0, 5.0, N_ROWS)).float()
@@ -95,7 +95,7 @@ def test_a_tie_at_the_quantile_splits_the_gradient_as_autograd_does():
     p = batch.penalties(d)
     gb = batch.gradient(coef, 100)
     assert float(p) == pytest.approx(float(p_ref), rel=1e-12)
-    assert float(gb.sum()) == pytest.approx(float(g_ref.sum()), rel=1e-12)
+    np.testing.assert_allclose(gb.numpy(), g_ref.numpy(), rtol=1e-12, atol=1e-15)
 
 
 def test_batched_objective_equals_the_per_goal_objective_on_the_toy(toy):
