@@ -38,7 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--layers-per-block", type=int, default=None)
     p.add_argument("--max-channels", type=int, default=None)
-    p.add_argument("--alpha", type=float, default=1.0, help="total loss weight of the structures relative to the body")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="total loss weight of the structures relative to the body (default 1); "
+                        "with --resume it changes the weight from there on")
     p.add_argument("--loss", choices=("mse", "l1"), default=None,
                    help="training loss (default mse); with --resume it switches the loss from there on")
     p.add_argument("--no-augment", action="store_true")
@@ -102,15 +104,16 @@ def run(args) -> int:
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     pool = preset.pop("pool")
+    alpha = 1.0 if args.alpha is None else args.alpha
     cfg = TrainConfig(site=site.key, epochs=args.epochs, time_budget_min=args.time_budget_min, seed=args.seed,
-                      n_val=args.n_val, threads=args.threads, alpha=args.alpha, augment=not args.no_augment,
+                      n_val=args.n_val, threads=args.threads, alpha=alpha, augment=not args.no_augment,
                       limit_train=args.limit_train, pool=pool, unet=preset)
     _log(f"device {device}, recipe {size}: pool {pool}, network {preset}")
     if args.extend_epochs and not args.resume:
         raise InputError("--extend-epochs needs --resume (it extends an existing run)")
     result = train(caches["train"], caches["validation"], out, cfg, resume=args.resume, device=device,
                    progress=progress_for(args), log=_log, extend_epochs=args.extend_epochs,
-                   extend_lr=args.extend_lr, loss=args.loss)
+                   extend_lr=args.extend_lr, loss=args.loss, alpha=args.alpha)
     if args.json:
         emit_json({"epochs": result["epochs"], "best_val_loss": result["best_val_loss"],
                    "best_dose_score_gy": result["best_dose_score_gy"],
@@ -131,7 +134,7 @@ def _refiner_config(args, site):
         raise InputError("--steps >= 1, --patch >= 8, --width >= 1 and dilations >= 1 are needed")
     return RefinerTrainConfig(site=site.key, steps=args.steps, patch=args.patch, width=args.width, dilations=dil,
                               lr=args.lr, seed=args.seed, threads=args.threads, limit_train=args.limit_train,
-                              alpha=args.alpha)
+                              alpha=1.0 if args.alpha is None else args.alpha)
 
 
 def _train_refiner(args, cfg, cache, out: Path, device) -> int:

@@ -492,10 +492,12 @@ class _Problem:
         the quarter of the evaluations below 10 %; at the usual 26 % the gather was slower."""
         if self.csr is not None:
             g = dg.detach().numpy()
-            act = np.flatnonzero(g)
-            if act.size < GATHER_MAX_FRAC * g.size:
-                if act.size == 0:
+            # counting is ~10x cheaper than listing, and most evaluations take the full product
+            n_act = np.count_nonzero(g)
+            if n_act < GATHER_MAX_FRAC * g.size:
+                if n_act == 0:
                     return np.zeros(self.n_beamlets)
+                act = np.flatnonzero(g)
                 return np.asarray(self.csr[act].T @ g[act].astype(np.float32), dtype=np.float64)
         return self.torch.mv(self.At, dg.float()).detach().cpu().numpy().astype(np.float64)
 

@@ -259,14 +259,17 @@ def _lr_at(step: int, total: int, cfg: TrainConfig, phases=None) -> float:
 
 def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, cfg: TrainConfig,
           resume: bool = False, device="cpu", progress=None, cancel=None, log=None,
-          extend_epochs: int = 0, extend_lr: float | None = None, loss: str | None = None) -> dict:
+          extend_epochs: int = 0, extend_lr: float | None = None, loss: str | None = None,
+          alpha: float | None = None) -> dict:
     """Train (or resume) a model; writes ``model.pt`` (best), ``config.json``,
     ``checkpoint_last.pt`` and ``train_log.jsonl`` into ``out_dir``.
 
     ``extend_epochs`` (with ``resume``) adds epochs to the plan: a new cosine phase from
     ``extend_lr`` (default: the learning rate at the resume point, or 1e-4 if the run had
     already decayed below it) to ``lr_min`` over the remaining steps. ``loss`` ("mse" or
-    "l1") overrides the configured loss from here on (a resumed run may fine-tune with L1).
+    "l1") overrides the configured loss from here on (a resumed run may fine-tune with L1);
+    ``alpha`` likewise overrides the structures' loss weight (0: every body voxel counts
+    the same, as in the OpenKBP dose score).
 
     Returns ``{"epochs", "best_val_loss", "best_dose_score_gy", "best_dvh_score_gy", "seconds"}``
     (``best_val_loss`` is the best validation dose score, Gy).
@@ -296,6 +299,11 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
         if loss != cfg.loss:
             log(f"loss {cfg.loss} -> {loss}")
         cfg = TrainConfig(**{**asdict(cfg), "loss": loss})
+    if alpha is not None and alpha != cfg.alpha:
+        if alpha < 0:
+            raise InputError(f"the structures' loss weight must be >= 0, got {alpha}")
+        log(f"structure weight alpha {cfg.alpha:g} -> {alpha:g}")
+        cfg = TrainConfig(**{**asdict(cfg), "alpha": float(alpha)})
     if cfg.loss not in LOSSES:
         raise InputError(f"unknown loss {cfg.loss!r}; choose one of {sorted(LOSSES)}")
     loss_fn = LOSSES[cfg.loss]

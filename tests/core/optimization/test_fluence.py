@@ -177,3 +177,21 @@ def test_cpu_optimization_runs_at_its_own_thread_count_and_restores_torch(toy):
         torch.set_num_threads(before)
     with pytest.raises(InputError, match="cpu_threads"):
         OptimizerOptions(cpu_threads=0)
+
+
+def test_the_gradient_product_gathers_sparse_voxel_gradients_exactly(toy):
+    """A^T g through the row gather (few non-zero voxel gradients), with none, and
+    through the full product (many): all equal to the dense product."""
+    import torch
+
+    from core.optimization.fluence import GATHER_MAX_FRAC, _Problem
+
+    grid, masks, dij = toy
+    prob = _Problem(dij, TG119_LIKE, masks, RX, OptimizerOptions(), torch.device("cpu"), [])
+    dense = prob.csr.toarray().astype(np.float64)
+    rng = np.random.default_rng(4)
+    n = dense.shape[0]
+    for frac in (0.0, GATHER_MAX_FRAC / 4, 0.5):
+        g = np.where(rng.random(n) < frac, rng.normal(size=n), 0.0)
+        got = prob._grad_w(torch.from_numpy(g))
+        np.testing.assert_allclose(got, dense.T @ g, rtol=1e-5, atol=1e-6 * max(np.abs(dense.T @ g).max(), 1e-12))

@@ -142,3 +142,24 @@ def test_a_resumed_run_can_switch_to_the_l1_loss(caches, tmp_path):
     assert ck["cfg"]["loss"] == "l1"
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in log] == ["mse", "l1"]
+
+
+def test_a_resumed_run_can_change_the_structure_weight(caches, tmp_path):
+    cfg = TrainConfig(epochs=1, n_val=1, seed=1, unet=TINY, threads=1, loss="l1")
+    train(caches / "tr.npz", caches / "va.npz", tmp_path, cfg)
+    train(caches / "tr.npz", caches / "va.npz", tmp_path, cfg, resume=True, extend_epochs=1, alpha=0.0)
+    ck = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    assert ck["cfg"]["alpha"] == 0.0
+    from core.errors import InputError
+
+    with pytest.raises(InputError):
+        train(caches / "tr.npz", caches / "va.npz", tmp_path, cfg, resume=True, extend_epochs=1, alpha=-1.0)
+
+
+def test_without_structure_weight_the_loss_weighs_every_body_voxel_alike():
+    body = np.zeros((4, 4, 4), np.float32)
+    body[1:3] = 1
+    occ = np.zeros((2, 4, 4, 4), np.float32)
+    occ[0, 1, 1, 1] = 1
+    np.testing.assert_array_equal(loss_weights(occ, body, 0.0), body)
+    assert loss_weights(occ, body, 1.0)[1, 1, 1] > 1.0
