@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     p.add_argument("--extend-epochs", type=int, default=0,
                    help="with --resume: add epochs (a new cosine phase; warm restart if the run had finished)")
     p.add_argument("--extend-lr", type=float, default=None, help="peak learning rate of the added phase")
+    p.add_argument("--snapshots", action="store_true",
+                   help="keep every epoch's weights in MODEL/snapshots/ (for weight averaging: "
+                        "python -m core.prediction.average)")
     p.add_argument("--stage", choices=("unet", "refiner"), default="unet",
                    help="unet: the coarse network (default); refiner: the full-resolution refiner")
     p.add_argument("--steps", type=int, default=12000, help="refiner: training steps (patches; default 12000)")
@@ -113,7 +116,8 @@ def run(args) -> int:
         raise InputError("--extend-epochs needs --resume (it extends an existing run)")
     result = train(caches["train"], caches["validation"], out, cfg, resume=args.resume, device=device,
                    progress=progress_for(args), log=_log, extend_epochs=args.extend_epochs,
-                   extend_lr=args.extend_lr, loss=args.loss, alpha=args.alpha)
+                   extend_lr=args.extend_lr, loss=args.loss, alpha=args.alpha,
+                   snapshots=args.snapshots)
     if args.json:
         emit_json({"epochs": result["epochs"], "best_val_loss": result["best_val_loss"],
                    "best_dose_score_gy": result["best_dose_score_gy"],

@@ -168,12 +168,20 @@ def install_model(run_dir, result: dict, site: str = "hn", dest=None, extra_memb
 def _measured_block(meta, result, mode, hist) -> str:
     info = meta["info"]
     tc = info.get("train_config", {})
+    averaged = info.get("averaged_epochs")
+    if averaged:
+        which = (f"- Weights: the mean of {len(averaged)} per-epoch snapshots of one run (epochs "
+                 f"{', '.join(str(e) for e in averaged)}; `python -m core.prediction.average`); the run had "
+                 f"finished {len(hist)} epochs at install.")
+    else:
+        which = (f"- Checkpoint: epoch {info.get('epoch')} (the run had finished {len(hist)} epochs at install) "
+                 f"(its score on the 8-case validation subset used during training: dose "
+                 f"{info.get('val_dose_score_gy_subset', float('nan')):.3f} Gy, "
+                 f"DVH {info.get('val_dvh_score_gy_subset', float('nan')):.3f} Gy).")
     lines = [
-        f"- Checkpoint: epoch {info.get('epoch')} (the run had finished {len(hist)} epochs at install) "
-        f"(its score on the 8-case validation subset used during training: dose "
-        f"{info.get('val_dose_score_gy_subset', float('nan')):.3f} Gy, "
-        f"DVH {info.get('val_dvh_score_gy_subset', float('nan')):.3f} Gy).",
-        f"- Training wall time to that checkpoint: {info.get('train_elapsed_s', 0) / 60:.0f} min; whole run "
+        which,
+        f"- Training wall time to {'the last snapshot' if averaged else 'that checkpoint'}: "
+        f"{info.get('train_elapsed_s', 0) / 60:.0f} min; whole run "
         f"{(hist[-1]['elapsed_s'] / 60) if hist else float('nan'):.0f} min on the shared 2-core CPU "
         f"(torch threads: {tc.get('threads')}), network {meta['unet']}.",
         f"- Validation, {result[mode]['n_patients']} cases of the OpenKBP validation split (all 33 unless "

@@ -260,7 +260,7 @@ def _lr_at(step: int, total: int, cfg: TrainConfig, phases=None) -> float:
 def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, cfg: TrainConfig,
           resume: bool = False, device="cpu", progress=None, cancel=None, log=None,
           extend_epochs: int = 0, extend_lr: float | None = None, loss: str | None = None,
-          alpha: float | None = None) -> dict:
+          alpha: float | None = None, snapshots: bool = False) -> dict:
     """Train (or resume) a model; writes ``model.pt`` (best), ``config.json``,
     ``checkpoint_last.pt`` and ``train_log.jsonl`` into ``out_dir``.
 
@@ -269,7 +269,8 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
     already decayed below it) to ``lr_min`` over the remaining steps. ``loss`` ("mse" or
     "l1") overrides the configured loss from here on (a resumed run may fine-tune with L1);
     ``alpha`` likewise overrides the structures' loss weight (0: every body voxel counts
-    the same, as in the OpenKBP dose score).
+    the same, as in the OpenKBP dose score). ``snapshots`` keeps every epoch's weights
+    as ``snapshots/epoch_NNN.pt`` (model files, for :mod:`core.prediction.average`).
 
     Returns ``{"epochs", "best_val_loss", "best_dose_score_gy", "best_dvh_score_gy", "seconds"}``
     (``best_val_loss`` is the best validation dose score, Gy).
@@ -393,13 +394,16 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
                "epoch_train_s": train_s, "elapsed_s": time.perf_counter() - t0, **scores}
         history.append(rec)
         improved = best is None or scores["dose_score_gy"] < best["dose_score_gy"]
+        meta = model_meta(net, site, chans, cfg.pool, "predict", info={
+            "epoch": epoch, "val_subset": cfg.n_val, "val_dose_score_gy": scores["dose_score_gy"],
+            "val_dvh_score_gy": scores["dvh_score_gy"], "train_config": asdict(cfg),
+            "train_elapsed_s": rec["elapsed_s"]})
         if improved:
             best = dict(rec)
-            meta = model_meta(net, site, chans, cfg.pool, "predict", info={
-                "epoch": epoch, "val_subset": cfg.n_val, "val_dose_score_gy": scores["dose_score_gy"],
-                "val_dvh_score_gy": scores["dvh_score_gy"], "train_config": asdict(cfg),
-                "train_elapsed_s": rec["elapsed_s"]})
             save_model(out_dir, net, meta)
+        if snapshots:
+            (out_dir / "snapshots").mkdir(exist_ok=True)
+            save_model(out_dir / "snapshots" / f"epoch_{epoch:03d}.pt", net, meta, write_config=False)
         if epoch == 1 and cfg.time_budget_min and epoch0 == 0:
             # Fix the schedule once, from the first epoch's measured time, so the cosine
             # decay ends inside the budget; stored in the checkpoint so a resume keeps it.

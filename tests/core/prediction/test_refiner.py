@@ -172,3 +172,22 @@ def test_install_ships_the_refiner_and_the_measured_flip_setting(tmp_path):
     install_model(tmp_path / "run", {**result, "tta": False, "refiner": None}, "hn", dest)
     pred = DosePredictor(dest, "cpu")
     assert not (dest / "refiner.pt").exists() and pred.refiner is None and pred.default_tta is False
+
+
+def test_the_model_card_says_when_the_shipped_weights_are_an_average(tmp_path):
+    from core.prediction.average import average_models
+    from core.prediction.evaluate import install_model
+    from .test_model_io import tiny_model
+
+    tiny_model(tmp_path / "run")
+    average_models([tmp_path / "run" / "model.pt"] * 2, tmp_path / "avg")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "MODEL_CARD.md").write_text("# card\n<!-- measured:start -->\nold\n<!-- measured:end -->\nrest\n")
+    score = {"dose_score_gy": 3.0, "dvh_score_gy": 2.0, "n_patients": 1}
+    result = {"predict": score, "prescription": {**score, "dose_score_gy": 4.0}, "tta": False,
+              "seconds_per_case": {"mean": 1.0, "median": 1.0, "max": 1.0}, "device": "cpu",
+              "peak_rss_mib": 1.0, "members": [], "refiner": None}
+    install_model(tmp_path / "avg", result, "hn", dest)
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "the mean of 2 per-epoch snapshots" in card and "old" not in card and card.endswith("rest\n")

@@ -163,3 +163,28 @@ def test_without_structure_weight_the_loss_weighs_every_body_voxel_alike():
     occ[0, 1, 1, 1] = 1
     np.testing.assert_array_equal(loss_weights(occ, body, 0.0), body)
     assert loss_weights(occ, body, 1.0)[1, 1, 1] > 1.0
+
+
+def test_snapshots_average_into_a_model_with_the_mean_weights(caches, tmp_path):
+    from core.errors import InputError
+    from core.prediction.average import average_models, main as average_main
+    from core.prediction.model_io import load_model
+
+    cfg = TrainConfig(epochs=2, n_val=1, seed=2, unet=TINY, threads=1)
+    train(caches / "tr.npz", caches / "va.npz", tmp_path / "run", cfg, snapshots=True)
+    snaps = sorted((tmp_path / "run" / "snapshots").glob("epoch_*.pt"))
+    assert [p.name for p in snaps] == ["epoch_001.pt", "epoch_002.pt"]
+    target = average_models(snaps, tmp_path / "avg")
+    net, meta = load_model(target)
+    (n1, _), (n2, _) = load_model(snaps[0]), load_model(snaps[1])
+    for name, w in net.state_dict().items():
+        np.testing.assert_allclose(w.numpy(), (n1.state_dict()[name].numpy() + n2.state_dict()[name].numpy()) / 2,
+                                   rtol=1e-6, atol=1e-7)
+    assert meta["info"]["averaged_epochs"] == [1, 2]
+    # a network of another shape is not a snapshot of this run
+    other = TrainConfig(epochs=1, n_val=1, seed=2, unet={**TINY, "base_channels": 6}, threads=1)
+    train(caches / "tr.npz", caches / "va.npz", tmp_path / "other", other)
+    with pytest.raises(InputError):
+        average_models([snaps[0], tmp_path / "other" / "model.pt"], tmp_path / "bad")
+    assert not (tmp_path / "bad" / "model.pt").exists()
+    assert average_main([str(tmp_path / "bad"), str(snaps[0]), str(tmp_path / "other" / "model.pt")]) == 2
