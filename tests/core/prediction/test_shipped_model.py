@@ -6,12 +6,12 @@ the clinical plan) is above the issue's 3.0 Gy target, or when inference on this
 takes longer than the 15 s target (plus slack for a loaded CI machine). It fails until
 trained weights are installed there.
 
-The shipped model (the epoch-90 U-Net, its full-resolution refiner and the left-right
-test-time flip, all applied by default) meets the 3.0 Gy target on this case (2.89 Gy)
-but not yet over the validation split (3.27 Gy, see MODEL_CARD.md). A regression guard
-holds the shipped model to what it measured here, so a worse model cannot be installed
-silently. (Without the refiner and the flip the same U-Net scored 2.93 Gy here; the
-shorter-trained refiner shipped before scored 2.87 Gy here but 3.32 Gy over the split.)
+The shipped model (the U-Net's weights averaged over epochs 112-126, its full-resolution
+refiner and the left-right test-time flip, all applied by default) meets the 3.0 Gy target
+on this case (2.66 Gy) but not yet over the validation split (3.21 Gy, see MODEL_CARD.md).
+A regression guard holds the shipped model to what it measured here, so a worse model
+cannot be installed silently. (The epoch-90 network shipped before scored 2.89 Gy here
+with the same refiner and flip, 2.93 Gy without them.)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from core.prediction.scores import dose_score  # noqa: E402
 DOSE_SCORE_TARGET_GY = 3.0
 #: What the shipped model measured on this case when it was installed (MODEL_CARD.md), plus
 #: 0.05 Gy for floating-point and thread-count differences between machines.
-SHIPPED_DEMO_SCORE_GY = 2.89 + 0.05
+SHIPPED_DEMO_SCORE_GY = 2.66 + 0.05
 
 
 @pytest.fixture(scope="module")
