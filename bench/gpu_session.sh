@@ -7,6 +7,10 @@
 # stage costs only its own result; the training run gets what is left of END_S seconds.
 # Everything lands in one archive, $OUT/results.tgz, plus the trained weights beside it.
 #   DEV=cpu PY=.venv/bin/python bash bench/gpu_session.sh  # dry run here (about 10 min, no training)
+# SESSION=plan (with MODE=plan bash bench/gpu_data.sh): the whole pipeline on every validation
+# case first (the 20 s a plan, per case), then the optimizer benchmark and the TG-119
+# profile in what is left; no prediction benchmark, no tests, no training.
+#   CASES_LIMIT=2 DEV=cpu PY=.venv/bin/python SESSION=plan bash bench/gpu_session.sh  # dry run
 set -u
 export PYTHONUNBUFFERED=1 OPENATP_SHARED_DATA=.gpu_data
 OUTDIR=${OUT:-out/gpu}
@@ -28,6 +32,21 @@ stage() {  # stage NAME TIMEOUT_S CMD...: stdout to NAME.out, stderr to NAME.err
   nproc
   $PY -c "import torch, numpy, scipy, sys; print(sys.version.split()[0], torch.__version__, numpy.__version__, scipy.__version__, torch.cuda.is_available())"
 } > "$O/env.txt" 2>&1
+if [ "${SESSION:-train}" = plan ]; then
+  # per-case JSONs are written as they finish: a stage stopped by its timeout keeps them
+  stage bench_pipeline $((END_S - 200)) $PY bench/pipeline.py --device "$DEV" --threads "$THREADS" \
+    --data "$D/openkbp/validation" --out "$O/pipeline" ${CASES_LIMIT:+--limit "$CASES_LIMIT"}
+  LEFT=$((END_S - SECONDS - 20))
+  [ "$LEFT" -ge 60 ] && stage bench_optimizer $((LEFT > 130 ? 130 : LEFT)) $PY bench/optimizer.py --device "$DEV" \
+    --case tg119 --threads "$THREADS"
+  LEFT=$((END_S - SECONDS - 10))
+  [ "$LEFT" -ge 30 ] && stage profile_tg119 "$LEFT" $PY bench/profile_optimizer.py --case tg119 --device "$DEV" --maxiter 100
+  echo "total seconds=$SECONDS" >> "$O/stages.txt"
+  rm -rf "$O/pipeline/doses"
+  tar czf "$OUTDIR/results.tgz" -C "$OUTDIR" r && rm -rf "$O"
+  ls -la "$OUTDIR"
+  exit 0
+fi
 # 1. dose-influence matrix and optimizer (cold, warm after a goal edit): TG-119 and pt_201
 stage bench_optimizer 130 $PY bench/optimizer.py --device "$DEV" --case all --threads "$THREADS"
 # 2. prediction scores and inference seconds, CPU pass (all host threads) then CUDA
