@@ -301,10 +301,10 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
             log(f"loss {cfg.loss} -> {loss}")
         cfg = TrainConfig(**{**asdict(cfg), "loss": loss})
     if alpha is not None and alpha != cfg.alpha:
-        if alpha < 0:
-            raise InputError(f"the structures' loss weight must be >= 0, got {alpha}")
         log(f"structure weight alpha {cfg.alpha:g} -> {alpha:g}")
         cfg = TrainConfig(**{**asdict(cfg), "alpha": float(alpha)})
+    if cfg.alpha < 0:
+        raise InputError(f"the structures' loss weight must be >= 0, got {cfg.alpha:g}")
     if cfg.loss not in LOSSES:
         raise InputError(f"unknown loss {cfg.loss!r}; choose one of {sorted(LOSSES)}")
     loss_fn = LOSSES[cfg.loss]

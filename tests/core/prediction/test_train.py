@@ -4,6 +4,7 @@ cache round trip; a tiny end-to-end run is deterministic and resumable."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -154,6 +155,8 @@ def test_a_resumed_run_can_change_the_structure_weight(caches, tmp_path):
 
     with pytest.raises(InputError):
         train(caches / "tr.npz", caches / "va.npz", tmp_path, cfg, resume=True, extend_epochs=1, alpha=-1.0)
+    with pytest.raises(InputError):
+        train(caches / "tr.npz", caches / "va.npz", tmp_path / "new", TrainConfig(**{**asdict(cfg), "alpha": -1.0}))
 
 
 def test_without_structure_weight_the_loss_weighs_every_body_voxel_alike():
