@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--extend-lr", type=float, default=None, help="peak learning rate of the added phase")
     p.add_argument("--snapshots", action="store_true",
                    help="keep every epoch's weights in MODEL/snapshots/ (for weight averaging: "
-                        "python -m core.prediction.average)")
+                        "python -m core.prediction.average); a resumed run keeps doing so")
     p.add_argument("--stage", choices=("unet", "refiner"), default="unet",
                    help="unet: the coarse network (default); refiner: the full-resolution refiner")
     p.add_argument("--steps", type=int, default=12000, help="refiner: training steps (patches; default 12000)")
@@ -117,7 +117,7 @@ def run(args) -> int:
     result = train(caches["train"], caches["validation"], out, cfg, resume=args.resume, device=device,
                    progress=progress_for(args), log=_log, extend_epochs=args.extend_epochs,
                    extend_lr=args.extend_lr, loss=args.loss, alpha=args.alpha,
-                   snapshots=args.snapshots)
+                   snapshots=True if args.snapshots else None)
     if args.json:
         emit_json({"epochs": result["epochs"], "best_val_loss": result["best_val_loss"],
                    "best_dose_score_gy": result["best_dose_score_gy"],

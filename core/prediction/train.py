@@ -62,6 +62,7 @@ class TrainConfig:
                                                 "layers_per_block": 2})
     limit_train: int | None = None
     loss: str = "mse"
+    snapshots: bool = False   # keep every epoch's weights (snapshots/epoch_NNN.pt)
 
 
 # --------------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def _lr_at(step: int, total: int, cfg: TrainConfig, phases=None) -> float:
 def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, cfg: TrainConfig,
           resume: bool = False, device="cpu", progress=None, cancel=None, log=None,
           extend_epochs: int = 0, extend_lr: float | None = None, loss: str | None = None,
-          alpha: float | None = None, snapshots: bool = False) -> dict:
+          alpha: float | None = None, snapshots: bool | None = None) -> dict:
     """Train (or resume) a model; writes ``model.pt`` (best), ``config.json``,
     ``checkpoint_last.pt`` and ``train_log.jsonl`` into ``out_dir``.
 
@@ -269,8 +270,9 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
     already decayed below it) to ``lr_min`` over the remaining steps. ``loss`` ("mse" or
     "l1") overrides the configured loss from here on (a resumed run may fine-tune with L1);
     ``alpha`` likewise overrides the structures' loss weight (0: every body voxel counts
-    the same, as in the OpenKBP dose score). ``snapshots`` keeps every epoch's weights
-    as ``snapshots/epoch_NNN.pt`` (model files, for :mod:`core.prediction.average`).
+    the same, as in the OpenKBP dose score). ``snapshots=True`` keeps every epoch's weights
+    as ``snapshots/epoch_NNN.pt`` (model files, for :mod:`core.prediction.average`), from
+    here on and in later resumes (it is stored with the run's settings).
 
     Returns ``{"epochs", "best_val_loss", "best_dose_score_gy", "best_dvh_score_gy", "seconds"}``
     (``best_val_loss`` is the best validation dose score, Gy).
@@ -303,6 +305,8 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
     if alpha is not None and alpha != cfg.alpha:
         log(f"structure weight alpha {cfg.alpha:g} -> {alpha:g}")
         cfg = TrainConfig(**{**asdict(cfg), "alpha": float(alpha)})
+    if snapshots is not None:
+        cfg = TrainConfig(**{**asdict(cfg), "snapshots": bool(snapshots)})
     if cfg.alpha < 0:
         raise InputError(f"the structures' loss weight must be >= 0, got {cfg.alpha:g}")
     if cfg.loss not in LOSSES:
@@ -401,7 +405,7 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
         if improved:
             best = dict(rec)
             save_model(out_dir, net, meta)
-        if snapshots:
+        if cfg.snapshots:
             (out_dir / "snapshots").mkdir(exist_ok=True)
             save_model(out_dir / "snapshots" / f"epoch_{epoch:03d}.pt", net, meta, write_config=False)
         if epoch == 1 and cfg.time_budget_min and epoch0 == 0:

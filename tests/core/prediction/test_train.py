@@ -184,6 +184,9 @@ def test_snapshots_average_into_a_model_with_the_mean_weights(caches, tmp_path):
         np.testing.assert_allclose(w.numpy(), (n1.state_dict()[name].numpy() + n2.state_dict()[name].numpy()) / 2,
                                    rtol=1e-6, atol=1e-7)
     assert meta["info"]["averaged_epochs"] == [1, 2]
+    # a resumed run keeps its snapshots without being told again
+    train(caches / "tr.npz", caches / "va.npz", tmp_path / "run", cfg, resume=True, extend_epochs=1)
+    assert (tmp_path / "run" / "snapshots" / "epoch_003.pt").is_file()
     # a network of another shape is not a snapshot of this run
     other = TrainConfig(epochs=1, n_val=1, seed=2, unet={**TINY, "base_channels": 6}, threads=1)
     train(caches / "tr.npz", caches / "va.npz", tmp_path / "other", other)
