@@ -506,14 +506,16 @@ def load_template(site: str) -> ProtocolTemplate:
 def add_ring_structures(patient, template: ProtocolTemplate) -> list[str]:
     """Add the template's helper rings to ``patient`` (role HELPER, ``rule`` kept).
 
-    Each ring is the shell from ``inner_mm`` to ``outer_mm`` outside its target, minus
-    every target and limited to the body. Existing structures of the same name are
+    Each ring is the shell from ``inner_mm`` to ``outer_mm`` outside its target, limited
+    to the body and kept ``inner_mm`` from *every* target: a ring of a low-dose target runs
+    into the fall-off of a higher one otherwise, where its goal cannot be met (demo case:
+    Ring_PTV56_10_30mm touched PTV70, D0.03cc 75 Gy against a goal of 70). Existing structures of the same name are
     replaced only when they were made by a rule (so a hand-drawn ring is kept).
     Returns the names added.
     """
     import numpy as np
 
-    from core.optimization.conformity import ring_mask
+    from core.optimization.conformity import distance_outside_mm, ring_mask
     from core.patient import Structure, StructureRole
 
     match = template.match_structures(patient.structures)
@@ -532,10 +534,13 @@ def add_ring_structures(patient, template: ProtocolTemplate) -> list[str]:
         old = patient.structures.get(r.name)
         if old is not None and old.rule is None:
             continue
-        exclude = all_targets if body is None else (all_targets | ~body)
+        near_targets = all_targets
+        if r.inner_mm > 0 and all_targets.any():
+            near_targets = distance_outside_mm(all_targets, patient.grid) <= r.inner_mm
+        exclude = near_targets if body is None else (near_targets | ~body)
         mask = ring_mask(patient.structures[tname].mask, patient.grid, r.inner_mm, r.outer_mm, exclude)
         rule = {"kind": "ring", "source": tname, "inner_mm": r.inner_mm, "outer_mm": r.outer_mm,
-                "exclude": "targets"}
+                "exclude": "targets", "exclude_margin_mm": r.inner_mm}
         patient.add_structure(Structure(r.name, mask, StructureRole.HELPER, (200, 200, 200), True, rule),
                               replace=True)
         added.append(r.name)

@@ -62,6 +62,14 @@ def test_rings_are_added_to_a_real_openkbp_case(openkbp_dir):
     for t in p.targets:
         assert not (ring.mask & t.mask).any()  # rings never take target voxels
     assert not (ring.mask & ~p.external_mask()).any()
+    # every ring keeps its inner distance from every target, not only from its own
+    from core.optimization.conformity import distance_outside_mm
+
+    all_targets = np.any([t.mask for t in p.targets], axis=0)
+    dist = distance_outside_mm(all_targets, p.grid)
+    for r in ("Ring_PTV70_5_15mm", "Ring_PTV56_10_30mm"):
+        m = p.structures[r].mask
+        assert m.any() and dist[m].min() > {"Ring_PTV70_5_15mm": 5.0, "Ring_PTV56_10_30mm": 10.0}[r]
     assert all(g.structure in p.structures for g in goals)
 
 
