@@ -509,8 +509,9 @@ def add_ring_structures(patient, template: ProtocolTemplate) -> list[str]:
     Each ring is the shell from ``inner_mm`` to ``outer_mm`` outside its target, limited
     to the body and kept ``inner_mm`` from *every* target: a ring of a low-dose target runs
     into the fall-off of a higher one otherwise, where its goal cannot be met (demo case:
-    Ring_PTV56_10_30mm touched PTV70, D0.03cc 75 Gy against a goal of 70). Existing structures of the same name are
-    replaced only when they were made by a rule (so a hand-drawn ring is kept).
+    Ring_PTV56_10_30mm touched PTV70, D0.03cc 75 Gy against a goal of 70). Existing
+    structures of the same name are replaced only when they were made by a rule (so a
+    hand-drawn ring is kept).
     Returns the names added.
     """
     import numpy as np
