@@ -523,6 +523,8 @@ def add_ring_structures(patient, template: ProtocolTemplate) -> list[str]:
     all_targets = np.zeros(patient.grid.shape, dtype=bool)
     for s in patient.targets:
         all_targets |= s.mask
+    # one distance map for every ring: each keeps its own inner distance from all targets
+    dist_targets = distance_outside_mm(all_targets, patient.grid) if template.rings and all_targets.any() else None
     try:
         body = patient.external_mask()
     except InputError:
@@ -535,13 +537,11 @@ def add_ring_structures(patient, template: ProtocolTemplate) -> list[str]:
         old = patient.structures.get(r.name)
         if old is not None and old.rule is None:
             continue
-        near_targets = all_targets
-        if r.inner_mm > 0 and all_targets.any():
-            near_targets = distance_outside_mm(all_targets, patient.grid) <= r.inner_mm
+        near_targets = all_targets if dist_targets is None else dist_targets <= r.inner_mm
         exclude = near_targets if body is None else (near_targets | ~body)
         mask = ring_mask(patient.structures[tname].mask, patient.grid, r.inner_mm, r.outer_mm, exclude)
         rule = {"kind": "ring", "source": tname, "inner_mm": r.inner_mm, "outer_mm": r.outer_mm,
-                "exclude": "targets", "exclude_margin_mm": r.inner_mm}
+                "exclude": "targets"}
         patient.add_structure(Structure(r.name, mask, StructureRole.HELPER, (200, 200, 200), True, rule),
                               replace=True)
         added.append(r.name)
