@@ -7,9 +7,10 @@
 # stage costs only its own result; the training run gets what is left of END_S seconds.
 # Everything lands in one archive, $OUT/results.tgz, plus the trained weights beside it.
 #   DEV=cpu PY=.venv/bin/python bash bench/gpu_session.sh  # dry run here (about 10 min, no training)
-# SESSION=plan (with MODE=plan bash bench/gpu_data.sh): the whole pipeline on every validation
-# case first (the issue's 20 s a plan, per case), then the optimizer benchmark and the TG-119
-# profile in what is left; no prediction benchmark, no tests, no training.
+# SESSION=plan (with MODE=plan bash bench/gpu_data.sh): the CUDA agreement tests, the TG-119
+# optimizer benchmark, the whole pipeline on every validation case (the issue's 20 s a plan),
+# then TG-119 without CUDA graphs and its profile in what is left; no prediction benchmark,
+# no training.
 #   CASES_LIMIT=2 DEV=cpu PY=.venv/bin/python SESSION=plan bash bench/gpu_session.sh  # dry run
 set -u
 export PYTHONUNBUFFERED=1 OPENATP_SHARED_DATA=.gpu_data
@@ -33,12 +34,17 @@ stage() {  # stage NAME TIMEOUT_S CMD...: stdout to NAME.out, stderr to NAME.err
   $PY -c "import torch, numpy, scipy, sys; print(sys.version.split()[0], torch.__version__, numpy.__version__, scipy.__version__, torch.cuda.is_available())"
 } > "$O/env.txt" 2>&1
 if [ "${SESSION:-train}" = plan ]; then
-  # per-case JSONs are written as they finish: a stage stopped by its timeout keeps them
-  stage bench_pipeline $((END_S - 200)) $PY bench/pipeline.py --device "$DEV" --threads "$THREADS" \
+  # CUDA agreement tests first (they check the optimizer's CUDA-graph replays against eager
+  # evaluations), then TG-119 (#5's 3 s / 1 s), then every validation case (#7's 20 s a plan;
+  # per-case JSONs are written as they finish: a stage stopped by its timeout keeps them),
+  # then TG-119 without CUDA graphs for comparison and a profile in what is left
+  stage tests_cuda 75 $PY -m pytest -q -p no:cacheprovider tests/core/test_cuda_agreement.py
+  stage bench_optimizer 90 $PY bench/optimizer.py --device "$DEV" --case tg119 --threads "$THREADS"
+  stage bench_pipeline $((END_S - SECONDS - 90)) $PY bench/pipeline.py --device "$DEV" --threads "$THREADS" \
     --data "$D/openkbp/validation" --out "$O/pipeline" ${CASES_LIMIT:+--limit "$CASES_LIMIT"}
-  LEFT=$((END_S - SECONDS - 20))
-  [ "$LEFT" -ge 60 ] && stage bench_optimizer $((LEFT > 130 ? 130 : LEFT)) $PY bench/optimizer.py --device "$DEV" \
-    --case tg119 --threads "$THREADS"
+  LEFT=$((END_S - SECONDS - 10))
+  [ "$LEFT" -ge 45 ] && stage bench_optimizer_eager $((LEFT > 60 ? 60 : LEFT)) $PY bench/optimizer.py \
+    --device "$DEV" --case tg119 --threads "$THREADS" --cuda-graphs off
   LEFT=$((END_S - SECONDS - 10))
   [ "$LEFT" -ge 30 ] && stage profile_tg119 "$LEFT" $PY bench/profile_optimizer.py --case tg119 --device "$DEV" --maxiter 100
   echo "total seconds=$SECONDS" >> "$O/stages.txt"

@@ -75,12 +75,12 @@ def _tighten(goal, pct=10.0):
     return goal.with_value(goal.value * (1 + pct / 100 if goal.kind.is_lower_bound else 1 - pct / 100))
 
 
-def _plan(patient, goals, dij, device, warm_goal_index, site=None):
+def _plan(patient, goals, dij, device, warm_goal_index, site=None, cuda_graphs=None):
     from core.optimization.fluence import OptimizerOptions, optimize_plan
     from core.pipeline import SITE_OPTIMIZER_OPTIONS
 
     # the options the pipeline (openatp plan) uses for this site
-    opts = OptimizerOptions(**SITE_OPTIMIZER_OPTIONS.get(site, {}))
+    opts = OptimizerOptions(**{**SITE_OPTIMIZER_OPTIONS.get(site, {}), "cuda_graphs": cuda_graphs})
     t = time.perf_counter()
     cold = optimize_plan(patient, goals, dij, device=device, options=opts)
     t_cold = time.perf_counter() - t
@@ -104,7 +104,8 @@ def bench_tg119(args) -> dict:
     beams = load_beams("imrt9")
     dij, t_dij = _influence(args, "tg119", patient, beams, args.dose_grid_mm)
     core_goal = [i for i, g in enumerate(goals) if g.structure == "Core"][0]
-    cold, warm, goals2, t_cold, t_warm = _plan(patient, goals, dij, args.device, core_goal, site="tg119")
+    cold, warm, goals2, t_cold, t_warm = _plan(patient, goals, dij, args.device, core_goal, site="tg119",
+                                                  cuda_graphs=args.cuda_graphs)
 
     ref = np.load(SHARED / "tg119" / "pyradplan_reference.npz")
     ref_dose = ref["dose_pyradplan_gy"]
@@ -127,6 +128,7 @@ def bench_tg119(args) -> dict:
         "nnz": int(dij.matrix.values().numel()), "dose_grid_mm": list(dij.grid.spacing_mm),
         "timings_s": {"dose_influence": round(t_dij, 2), "cold": round(t_cold, 2), "warm": round(t_warm, 2)},
         "iterations": {"cold": cold.iterations, "warm": warm.iterations},
+        "cuda_graphs": {"cold": cold.cuda_graphs, "warm": warm.cuda_graphs},
         "cold": {"goals": _goal_rows(cold), "all_met": all(r.met for r in cold.goal_results),
                  "levels": cold.levels, "quality": quality(cold.dose_gy)},
         "warm": {"edit": f"{goals[core_goal].label} -> {goals2[core_goal].label}", "goals": _goal_rows(warm),
@@ -154,7 +156,8 @@ def bench_openkbp(args) -> dict:
     beams = load_beams("imrt9")
     dij, t_dij = _influence(args, args.openkbp_case, patient, beams, None)
     parotid = [i for i, g in enumerate(goals) if "Parotid" in g.structure and g.priority > 1]
-    cold, warm, goals2, t_cold, t_warm = _plan(patient, goals, dij, args.device, parotid[0] if parotid else -1)
+    cold, warm, goals2, t_cold, t_warm = _plan(patient, goals, dij, args.device, parotid[0] if parotid else -1,
+                                                  cuda_graphs=args.cuda_graphs)
     masks = {n: s.mask for n, s in patient.structures.items()}
     ref_eval = evaluate_goals(goals, ref.dose_gy, masks, patient.grid.voxel_volume_cc)
     ptv70 = patient.structures["PTV70"].mask
@@ -177,6 +180,7 @@ def bench_openkbp(args) -> dict:
         "nnz": int(dij.matrix.values().numel()),
         "timings_s": {"dose_influence": round(t_dij, 2), "cold": round(t_cold, 2), "warm": round(t_warm, 2)},
         "iterations": {"cold": cold.iterations, "warm": warm.iterations},
+        "cuda_graphs": {"cold": cold.cuda_graphs, "warm": warm.cuda_graphs},
         "cold": {"goals": _goal_rows(cold), "levels": cold.levels, "checks": checks(cold)},
         "warm": {"edit": (f"{goals[parotid[0]].label} -> {goals2[parotid[0]].label}" if parotid else None),
                  "goals": _goal_rows(warm), "levels": warm.levels, "checks": checks(warm)},
@@ -193,11 +197,15 @@ def main(argv=None) -> int:
     p.add_argument("--openkbp-case", default="pt_201")
     p.add_argument("--dose-grid-mm", type=float, default=3.0)
     p.add_argument("--cache", default=None, help="folder to keep dose-influence matrices between runs")
+    p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
+                   help="replay the optimizer's evaluations as CUDA graphs (auto: on CUDA)")
     args = p.parse_args(argv)
+    args.cuda_graphs = {"auto": None, "on": True, "off": False}[args.cuda_graphs]
     import torch
 
     torch.set_num_threads(args.threads)
-    out = {"device": args.device, "threads": args.threads, "torch": torch.__version__, "cases": []}
+    out = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
+           "cuda_graphs": {None: "auto", True: "on", False: "off"}[args.cuda_graphs], "cases": []}
     try:
         from core.dose.influence import compute_influence  # noqa: F401
     except ImportError as exc:

@@ -80,6 +80,7 @@ def plan_case(path: Path, dose_dir: Path | None = None, time_limit: float | None
             "max_pct": m["max_dose_pct_of_prescription"], "plan": plan, "reference": ref,
             "normalization_factor": m["normalization_factor"], "total_mu": m["total_mu"],
             "n_segments": m["n_segments"], "iterations": m["optimizer"]["iterations"], "device": m["device"],
+            "cuda_graphs": m["optimizer"].get("cuda_graphs"),
             # the process's peak so far (a later case's is at least an earlier one's)
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
             "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None}

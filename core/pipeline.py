@@ -316,7 +316,8 @@ def plan_patient(patient, site: str | None = None, *, goals=None, options: PlanO
     report(progress, 1.0, 1.0, "plan done")
     timings["total"] = time.perf_counter() - t_start + timings["load"]
     metrics = plan_metrics(patient, site, dij, dv, timings, opt.dose_gy, opt.goal_results, opt.all_p1_met,
-                           {"iterations": opt.iterations, "levels": opt.levels, "conflicts": list(opt.conflicts)},
+                           {"iterations": opt.iterations, "levels": opt.levels, "conflicts": list(opt.conflicts),
+                            **({"cuda_graphs": opt.cuda_graphs} if opt.cuda_graphs is not None else {})},
                            device_name(device), warm_start is not None, goal_notes, prediction_info, warnings)
     return PlanResult(patient, site, goals, dij, opt, dv["segmented"], dv["deliverable"],
                       Dose(opt.dose_gy, patient.grid, "ideal fluence"), Dose(dv["dose_gy"], patient.grid, "plan"),

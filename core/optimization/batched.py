@@ -213,14 +213,12 @@ class GoalBatch:
         return torch.zeros(n_rows, dtype=torch.float64, device=self.device).index_add_(0, self.rows, gv)
 
     # -- achieved values --------------------------------------------------------------
-    def achieved(self, d) -> list[float]:
-        """Each entry's achieved value (Gy, or % for volume-at-dose), one transfer to the host."""
+    def _achieved_tensor(self, dv, q):
+        """Each entry's achieved value (Gy, or % for volume-at-dose), float64 tensor in entry order."""
         torch = self.torch
-        dv = d.detach().index_select(0, self.rows).double()
         out = torch.zeros(self.n_seg, dtype=torch.float64, device=self.device)
         no = self.n_order
         if no:
-            q, _, _ = self._quantiles(dv)
             vad = self.is_vad_o
             # a volume-at-dose goal reports the hot fraction, not the order statistic
             hot = self._seg_sum((dv[:self.n_order_vox] >= self.vad_x.index_select(0, self.seg_o)).double(),
@@ -234,4 +232,16 @@ class GoalBatch:
                 hot = self._seg_sum((dv[self.n_order_vox:] >= x.index_select(0, self.seg_m - no)).double(),
                                     self.seg_m - no, self.n_seg - no)
                 out[no:] = torch.where(none, 100.0 * hot / self.n_t[no:], out[no:])
-        return out.index_select(0, self.inv_perm_t).cpu().tolist()
+        return out.index_select(0, self.inv_perm_t)
+
+    def achieved(self, d) -> list[float]:
+        """Each entry's achieved value (Gy, or % for volume-at-dose), one transfer to the host."""
+        dv = d.detach().index_select(0, self.rows).double()
+        q = self._quantiles(dv)[0] if self.n_order else None
+        return self._achieved_tensor(dv, q).cpu().tolist()
+
+    def achieved_last(self):
+        """``achieved`` at the dose of the last ``penalties`` call, as a tensor on the device
+        (its order statistics are reused: no second selection, no transfer)."""
+        cache = self._cache
+        return self._achieved_tensor(cache["dv"], cache.get("q"))

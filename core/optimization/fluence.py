@@ -53,6 +53,7 @@ from core.goals.evaluate import evaluate_goals, is_met
 from core.goals.goal import ClinicalGoal, GoalKind
 from core.optimization._blas import single_thread_blas, torch_threads
 from core.optimization.batched import GoalBatch
+from core.optimization.cuda_graphs import GraphedEvaluations
 from core.optimization.conformity import FalloffSpec, falloff_limits, homogeneity_limits
 from core.optimization.objectives import GoalTerm, achieved_torch, goal_penalty, neighbour_pairs
 from core.progress import check_cancel, report
@@ -145,6 +146,10 @@ class OptimizerOptions:
     # the issue's bound of 13.6 s), so the CPU keeps the per-goal path. The tests hold the
     # two paths to each other.
     batched_penalties: bool | None = None
+    # replay each batched evaluation as one CUDA graph (core.optimization.cuda_graphs).
+    # None: wherever the batched path runs on CUDA; a capture that fails or disagrees with
+    # the eager evaluation switches graphs off for that optimization.
+    cuda_graphs: bool | None = None
     near_mm: float = 20.0                # every voxel this close to a target takes part (conformity)
     far_stride: int = 8                  # and every n-th voxel further away (maximum dose, fall-off)
 
@@ -198,6 +203,7 @@ class OptimizationResult:
     conflicts: list = field(default_factory=list)
     device: str = "cpu"
     normalization: float = 1.0
+    cuda_graphs: dict | None = None     # captured / replayed evaluations, and why graphs went off
 
     @property
     def goals_met(self) -> int:
@@ -210,7 +216,8 @@ class OptimizationResult:
                 "max_dose_gy": round(self.max_dose_gy, 3), "max_dose_limit_gy": round(self.max_dose_limit_gy, 3),
                 "optimizer_timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
                 "levels": self.levels, "warnings": list(self.warnings), "conflicts": list(self.conflicts),
-                "optimizer_normalization": round(self.normalization, 5)}
+                "optimizer_normalization": round(self.normalization, 5),
+                **({"optimizer_cuda_graphs": self.cuda_graphs} if self.cuda_graphs is not None else {})}
 
 
 # ----------------------------------------------------------------------------------------
@@ -438,6 +445,9 @@ class _Problem:
                 self.oar_cat = torch.cat(self.oar_rows)
                 self.oar_w = torch.cat([torch.full((r.numel(),), 1.0 / (r.numel() * len(self.oar_rows)),
                                                    dtype=torch.float64, device=device) for r in self.oar_rows])
+        on_cuda = torch.device(device).type == "cuda"
+        use_graphs = on_cuda if opts.cuda_graphs is None else bool(opts.cuda_graphs) and on_cuda
+        self.graphs = GraphedEvaluations() if (self.batched and use_graphs) else None
 
         # -- scaling: cold start = uniform fluence giving the highest Rx as mean target dose
         ones = torch.ones(self.n_beamlets, dtype=torch.float32, device=device)
@@ -452,6 +462,7 @@ class _Problem:
             if len(p):
                 self.pairs = p
         self.last = (None, None)
+        self._last_ach = None
         self.n_eval = 0
         self.n_products = 0
         self._line: list = []
@@ -560,7 +571,16 @@ class _Problem:
         self.last_obj = float(obj.detach().cpu())
         f, g = self._add_smoothness(x, level, f, g)
         self.last = (x.copy(), d.detach())
+        self._last_ach = None
         return f, g
+
+    def last_achieved(self):
+        """Every goal's achieved value and the maximum dose at the last evaluated point (the
+        batched path has them from the evaluation itself)."""
+        if self._last_ach is None:
+            d = self.last[1]
+            self._last_ach = (self.achieved_dose(d), float(d.max()))
+        return self._last_ach
 
     def _add_smoothness(self, x: np.ndarray, level: _Level, f: float, g: np.ndarray):
         """The final level's fluence smoothness (on the host: it is a function of ``x`` alone)."""
@@ -576,19 +596,32 @@ class _Problem:
         return f, g + gs
 
     def _level_batch(self, level: _Level):
-        """The level's goals (objective, then constraints) as one GoalBatch, with the
-        weights that pick the objective and the constraint sums out of its penalties."""
+        """The level's goals (objective, then constraints, then every other goal at weight 0
+        for its achieved value) as one GoalBatch, the weights that pick the objective and the
+        constraint sums out of its penalties, and each goal's entry for its achieved value."""
         torch = self.torch
         key = (tuple((ti, v) for ti, v, _ in level.objective), tuple(level.constraints))
         hit = self._level_batches.get(key)
         if hit is None:
+            tis = [ti for ti, _, _ in level.objective] + [ti for ti, _ in level.constraints]
             entries = [(self.terms[ti], v) for ti, v, _ in level.objective]
             entries += [(self.terms[ti], v) for ti, v in level.constraints]
-            n_obj = len(level.objective)
-            w_obj = [w for _, _, w in level.objective] + [0.0] * len(level.constraints)
-            w_cons = [0.0] * n_obj + [1.0] * len(level.constraints)
+            n_obj, n_lvl = len(level.objective), len(entries)
+            entry_of = {}
+            for e, ti in enumerate(tis):
+                entry_of.setdefault(ti, e)
+            for ti in range(len(self.terms)):
+                if ti not in entry_of:
+                    entry_of[ti] = len(entries)
+                    entries.append((self.terms[ti], None))
+            n_rest = len(entries) - n_lvl
+            w_obj = [w for _, _, w in level.objective] + [0.0] * (len(level.constraints) + n_rest)
+            w_cons = [0.0] * n_obj + [1.0] * len(level.constraints) + [0.0] * n_rest
             f64 = dict(dtype=torch.float64, device=self.device)
-            hit = (GoalBatch(entries, self.device), torch.tensor(w_obj, **f64), torch.tensor(w_cons, **f64))
+            ach_idx = torch.tensor([entry_of[ti] for ti in range(len(self.terms))], dtype=torch.long,
+                                   device=self.device)
+            hit = (GoalBatch(entries, self.device), torch.tensor(w_obj, **f64), torch.tensor(w_cons, **f64),
+                   ach_idx, key)
             if len(self._level_batches) > 16:   # repairs shift constraint values: keep the recent ones
                 self._level_batches.clear()
             self._level_batches[key] = hit
@@ -596,12 +629,40 @@ class _Problem:
 
     def _fg_batched(self, x: np.ndarray, level: _Level):
         """``fg`` with every goal of the level in one GoalBatch and the gradient by hand:
-        the same objective, in a fixed number of tensor operations (no autograd)."""
-        torch = self.torch
+        the same objective, in a fixed number of tensor operations (no autograd), and one
+        transfer to the host for the objective, the gradient, every goal's achieved value
+        and the maximum dose (the iteration callback needs the last two)."""
         x = np.asarray(x, dtype=np.float64)
         d = self._eval_dose(x)
+        lb = self._level_batch(level)
+        on_host_product = self.csr is not None     # CPU: A^T g may gather the active rows only
+        out = None
+        if self.graphs is not None:
+            key = (lb[4], level.rho, level.obj_norm, level.shape_weight, level.final, level.max_dose_shift_gy,
+                   level.hottest_weight)
+            out = self.graphs.run(key, d, lambda dd: self._eval_packed(dd, level, lb, True))
+        if out is None:
+            out = self._eval_packed(d, level, lb, not on_host_product)
+        host = out.cpu() if out.device.type != "cpu" else out
+        nt = len(self.terms)
+        f, obj, dmax = host[:3].tolist()
+        ach = host[3:3 + nt].tolist()
+        tail = host[3 + nt:]
+        gw = (self._grad_w(tail) if on_host_product else tail.numpy().astype(np.float64)) * self.w_ref
+        self.last_obj = obj
+        f, gw = self._add_smoothness(x, level, f, gw)
+        self.last = (x.copy(), d)
+        self._last_ach = (ach, dmax)
+        return f, gw
+
+    def _eval_packed(self, d, level: _Level, lb, product: bool):
+        """One evaluation on the device, packed into one float64 vector: objective total,
+        objective, maximum dose, every goal's achieved value, then ``A^T`` of the voxel
+        gradient (``product``) or the voxel gradient itself. Fixed shapes, no host
+        round trip: it can be captured as a CUDA graph."""
+        torch = self.torch
         o = self.opts
-        batch, w_obj, w_cons = self._level_batch(level)
+        batch, w_obj, w_cons, ach_idx, _ = lb
         p = batch.penalties(d)
         obj = (p * w_obj).sum()
         cons = (p * w_cons).sum()
@@ -645,10 +706,9 @@ class _Problem:
             cons = cons + c * (e * e).sum()
             g.index_add_(0, top.indices, (2.0 * rho * c) * e)
         total = on * obj + rho * cons
-        f, self.last_obj = torch.stack([total, obj]).cpu().tolist()
-        f, gw = self._add_smoothness(x, level, f, self._grad_w(g) * self.w_ref)
-        self.last = (x.copy(), d)
-        return f, gw
+        ach = batch.achieved_last().index_select(0, ach_idx)
+        tail = torch.mv(self.At, g.float()).double() if product else g
+        return torch.cat([torch.stack([total, obj, d.max()]), ach, tail])
 
     def achieved_dose(self, d) -> list[float]:
         """Every goal's achieved value on the optimizer's dose vector ``d``."""
@@ -791,10 +851,10 @@ def _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, dev
             nit[0] += 1
             state["it"] += 1
             state["x"] = np.asarray(xk).copy()
-            lx, ld = prob.last
-            ach = None
+            lx = prob.last[0]
+            ach = dmax = None
             if lx is not None and np.array_equal(lx, xk):
-                ach = prob.achieved_dose(ld)
+                ach, dmax = prob.last_achieved()
             met = -1 if ach is None else sum(1 for t, a in zip(prob.terms, ach)
                                              if t.goal.kind is not GoalKind.ALARA and is_met(t.goal, a))
             report(progress, min(state["it"], est_total), est_total,
@@ -802,7 +862,7 @@ def _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, dev
                    iteration=state["it"], objective=float(cb.f), goals_met=met)
             if cancel is not None and cancel.cancelled:
                 raise _Stop
-            if done is not None and ach is not None and done(ach, float(ld.max())):
+            if done is not None and ach is not None and done(ach, dmax):
                 raise _Done
             if stop_at is not None and nit[0] >= opts.min_level_iter and time.perf_counter() >= stop_at:
                 timed_out[0] = True
@@ -1041,7 +1101,14 @@ def _pack(prob, x, state, levels_log, warnings, conflicts, t0, cancelled):
     return {"weights": w, "iterations": state["it"], "levels": levels_log, "warnings": warnings,
             "conflicts": conflicts, "max_dose_limit_gy": prob.max_dose_gy, "time_s": time.perf_counter() - t0,
             "cancelled": cancelled, "n_rows": int(prob.rows.size), "nnz": prob.nnz, "evaluations": prob.n_eval,
-            "matrix_products": prob.n_products}
+            "matrix_products": prob.n_products, "cuda_graphs": _graph_stats(prob)}
+
+
+def _graph_stats(prob) -> dict | None:
+    g = prob.graphs
+    if g is None:
+        return None
+    return {"captured": g.n_captured, "replayed": g.n_replayed, "note": g.note}
 
 
 # ----------------------------------------------------------------------------------------
@@ -1147,7 +1214,8 @@ def optimize_plan(patient, goals, dij, *, options: OptimizerOptions | None = Non
             timings_s={"prepare": t1 - t0, "optimize": out["time_s"], "total": total},
             levels=out["levels"], max_dose_gy=float(dose.max()), max_dose_limit_gy=out["max_dose_limit_gy"],
             warm_start=warm is not None, cancelled=out["cancelled"], warnings=out["warnings"],
-            conflicts=out["conflicts"], device=str(dev), normalization=float(norm))
+            conflicts=out["conflicts"], device=str(dev), normalization=float(norm),
+            cuda_graphs=out.get("cuda_graphs"))
 
     try:
         out = optimize_fluence(dij, goals, masks_dij, rx, options=options, warm_start=warm, device=dev,

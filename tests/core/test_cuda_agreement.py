@@ -74,3 +74,42 @@ def test_prediction_on_cuda_matches_cpu(demo_case):
     # float32 convolutions (cuDNN may use TF32): a few hundredths of a Gray at most
     assert dose_score(gpu, cpu, patient.possible_dose_mask) <= 0.05
     assert np.abs(gpu - cpu).max() <= 1.0
+
+
+def test_a_replayed_cuda_graph_evaluation_equals_the_eager_one():
+    """Objective, gradient, achieved values and maximum from graph replays equal eager
+    evaluations at fresh fluences, at every kind of level, and a whole optimization with
+    graphs meets the same goals as one without (graphs were really captured and replayed)."""
+    from core.optimization.fluence import OptimizerOptions, _Level, _Problem, optimize_fluence
+    from tests.core.optimization.test_fluence import RX, TG119_LIKE
+    from tests.core.optimization.toy import c_shape, toy_dij
+
+    grid, masks = c_shape(40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dij = toy_dij(grid, masks["Body"])
+    cuda = torch.device("cuda")
+    eager, graphed = (_Problem(dij, TG119_LIKE, masks, RX, OptimizerOptions(cuda_graphs=g), cuda, [])
+                      for g in (False, True))
+    assert eager.graphs is None and graphed.graphs is not None
+    rng = np.random.default_rng(0)
+    levels = [_Level(2, [(1, 54.7, 1.0), (2, 24.8, 0.1)], [(0, 50.25)], 100.0, final=k == 1,
+                     obj_norm=0.7, max_dose_shift_gy=0.3 * k, hottest_weight=1.0 if k == 2 else 0.0) for k in range(3)]
+    for level in levels:
+        for _ in range(4):
+            x = rng.uniform(0.5, 1.5, eager.n_beamlets)
+            (fa, ga), (fb, gb) = eager.fg(x, level), graphed.fg(x, level)
+            assert fb == pytest.approx(fa, rel=1e-9)
+            np.testing.assert_allclose(gb, ga, rtol=1e-6, atol=1e-9 * np.abs(ga).max())
+            (aa, ma), (ab, mb) = eager.last_achieved(), graphed.last_achieved()
+            assert ab == pytest.approx(aa, rel=1e-9) and mb == pytest.approx(ma, rel=1e-12)
+    assert graphed.graphs.note is None, graphed.graphs.note
+    assert graphed.graphs.n_captured == 3 and graphed.graphs.n_replayed >= 6
+
+    from core.goals.evaluate import evaluate_goals
+    outs = {g: optimize_fluence(dij, TG119_LIKE, masks, RX, device=cuda, options=OptimizerOptions(cuda_graphs=g))
+            for g in (False, True)}
+    assert outs[True]["cuda_graphs"]["replayed"] > 0 and outs[True]["cuda_graphs"]["note"] is None
+    for out in outs.values():
+        res = evaluate_goals(TG119_LIKE, dij.dose_on_grid(out["weights"]), masks, grid.voxel_volume_cc)
+        assert all(r.met for r in res), [(r.goal.label, r.achieved) for r in res]

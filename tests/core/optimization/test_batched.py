@@ -121,6 +121,11 @@ def test_batched_objective_equals_the_per_goal_objective_on_the_toy(toy):
         assert probs[1].last_obj == pytest.approx(probs[0].last_obj, rel=1e-12)
         np.testing.assert_allclose(gb, ga, rtol=1e-9, atol=1e-12 * np.abs(ga).max())
         assert probs[1].achieved(x) == pytest.approx(probs[0].achieved(x), rel=1e-9)
+        # the batched evaluation brought every goal's achieved value and the maximum back with it
+        ach_b, dmax_b = probs[1].last_achieved()
+        ach_a, dmax_a = probs[0].last_achieved()
+        assert ach_b == pytest.approx(ach_a, rel=1e-9) and dmax_b == pytest.approx(dmax_a, rel=1e-12)
+        assert ach_a == pytest.approx(probs[0].achieved(x), rel=1e-12)
 
 
 def test_a_volume_at_dose_goal_held_at_100_percent_is_always_met():
@@ -132,3 +137,24 @@ def test_a_volume_at_dose_goal_held_at_100_percent_is_always_met():
     assert float(batch.penalties(d)[0]) == 0.0
     assert not batch.gradient(torch.ones(1, dtype=torch.float64), 50).any()
     assert batch.achieved(d)[0] == pytest.approx(achieved_torch(term, d), rel=1e-6)
+
+
+def test_graphed_evaluations_fall_back_to_eager_when_a_capture_fails():
+    """Where a capture cannot be made (here: no CUDA), the caller is told to evaluate
+    eagerly, every time, and the reason is kept; nothing is replayed."""
+    from core.optimization.cuda_graphs import GraphedEvaluations
+
+    graphs = GraphedEvaluations(capture_after=2)
+    d = torch.arange(5, dtype=torch.float64)
+    calls = []
+
+    def fn(dd):
+        calls.append(1)
+        if not torch.cuda.is_available():
+            return dd * 2
+        raise RuntimeError("forced failure")
+
+    assert graphs.run("k", d, fn) is None and not calls      # first sighting: not worth a capture
+    assert graphs.run("k", d, fn) is None                     # capture attempted, failed
+    assert graphs.disabled and graphs.note.startswith("CUDA graphs off")
+    assert graphs.run("k", d, fn) is None and graphs.n_replayed == 0
