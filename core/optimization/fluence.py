@@ -1224,4 +1224,39 @@ def optimize_plan(patient, goals, dij, *, options: OptimizerOptions | None = Non
         if isinstance(exc.result, dict):
             raise Cancelled(result=pack_result(exc.result)) from None
         raise
-    return pack_result(out)
+    result = pack_result(out)
+    if same or result.all_p1_met:
+        return result
+    return _reaim_on_patient_grid(result, out, goals, lambda g, w: optimize_fluence(
+        dij, g, masks_dij, rx, options=options, warm_start=w, device=dev, progress=progress, cancel=cancel),
+        pack_result, options or OptimizerOptions(), t0)
+
+
+def _reaim_on_patient_grid(result: OptimizationResult, out: dict, goals: list, optimize, pack, opts, t0):
+    """A P1 minimum-dose goal met on the dose grid can land a hair short on the finer
+    patient grid (interpolation lowers a target's cold edge), and normalising it back can be
+    blocked by the global maximum: TG-119 on CUDA once ended at D95 49.97 Gy with the
+    maximum at its limit. Such a goal is re-aimed on the dose grid by its shortfall plus
+    the margin and the plan re-optimized warm from there (its levels that still hold are
+    skipped); the re-aimed plan is kept when it meets more P1 goals, judged on the
+    patient grid against the goals as given."""
+    short = {}
+    for i, r in enumerate(result.goal_results):
+        g = r.goal
+        if g.priority == 1 and g.kind.is_lower_bound and r.met is False and r.achieved is not None:
+            short[i] = g.with_value(g.value + (g.value - r.achieved) + opts.margin_pct / 100.0 * g.value)
+    if not short or result.cancelled:
+        return result
+    aimed = [short.get(i, g) for i, g in enumerate(goals)]
+    try:
+        out2 = optimize(aimed, out["weights"])
+    except Cancelled:
+        return result
+    out2 = {**out2, "time_s": out["time_s"] + out2["time_s"], "iterations": out["iterations"] + out2["iterations"],
+            "levels": out["levels"] + [{"priority": "re-aim", "goals": [g.label for g in short.values()]}] + out2["levels"],
+            "warnings": out["warnings"] + [w for w in out2["warnings"] if w not in out["warnings"]]}
+    second = pack(out2)
+    second.warm_start = result.warm_start
+    second.timings_s["total"] = time.perf_counter() - t0
+    n_p1 = [sum(1 for r in x.goal_results if r.goal.priority == 1 and r.met) for x in (result, second)]
+    return second if n_p1[1] > n_p1[0] else result

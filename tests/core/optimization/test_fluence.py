@@ -195,3 +195,45 @@ def test_the_gradient_product_gathers_sparse_voxel_gradients_exactly(toy):
         g = np.where(rng.random(n) < frac, rng.normal(size=n), 0.0)
         got = prob._grad_w(torch.from_numpy(g))
         np.testing.assert_allclose(got, dense.T @ g, rtol=1e-5, atol=1e-6 * max(np.abs(dense.T @ g).max(), 1e-12))
+
+
+def test_a_p1_goal_missed_only_on_the_patient_grid_is_re_aimed_and_kept_only_if_better():
+    """The re-aim step raises each P1 coverage goal missed on the patient grid by its
+    shortfall plus the margin, re-optimizes warm from the first fluence, and keeps the
+    second plan only when it meets more P1 goals (judged by the packer, on the goals as given)."""
+    from dataclasses import replace
+
+    from core.goals.evaluate import GoalResult
+    from core.optimization.fluence import OptimizationResult, _reaim_on_patient_grid
+
+    p1 = ClinicalGoal(1, "PTV", GoalKind.MIN_DOSE_AT_VOLUME, dose_gy=50.0, volume_pct=95)
+    p2 = ClinicalGoal(2, "Core", GoalKind.MAX_DOSE_AT_VOLUME, dose_gy=25.0, volume_pct=10)
+
+    def result(p1_achieved, p1_met):
+        return OptimizationResult(
+            weights=np.ones(3, np.float32), dose_gy=np.zeros((2, 2, 2), np.float32), grid=None,
+            goal_results=[GoalResult(p1, p1_achieved, p1_met), GoalResult(p2, 20.0, True)],
+            all_p1_met=p1_met, iterations=10, timings_s={"prepare": 0.0, "optimize": 1.0, "total": 1.0},
+            levels=[], max_dose_gy=55.0, max_dose_limit_gy=55.0)
+
+    out = {"weights": np.ones(3, np.float32), "time_s": 1.0, "iterations": 10, "levels": [], "warnings": []}
+    first = result(49.9, False)
+    seen = []
+
+    def optimize(goals, w0):
+        seen.append((goals, w0))
+        return {**out, "iterations": 5}
+
+    opts = OptimizerOptions(margin_pct=0.5)
+    kept = _reaim_on_patient_grid(first, out, [p1, p2], optimize, lambda o: replace(result(50.05, True)), opts, 0.0)
+    aimed, w0 = seen[0]
+    assert aimed[0].dose_gy == pytest.approx(50.0 + 0.1 + 0.25) and aimed[1] == p2
+    assert w0 is out["weights"]
+    assert kept.all_p1_met and kept.goal_results[0].achieved == 50.05
+    # a re-aimed plan that meets no more P1 goals is dropped
+    kept = _reaim_on_patient_grid(first, out, [p1, p2], optimize, lambda o: result(49.95, False), opts, 0.0)
+    assert kept is first
+    # nothing missed on the patient grid (or missed by a limit, not coverage): no second run
+    seen.clear()
+    assert _reaim_on_patient_grid(result(50.0, True), out, [p1, p2], optimize, None, opts, 0.0).all_p1_met
+    assert not seen
