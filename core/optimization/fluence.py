@@ -402,16 +402,7 @@ class _Problem:
         def sub_rows(vm):
             return torch.from_numpy(remap[np.flatnonzero(vm)]).to(device)
 
-        self.terms = []
-        for g in goals:
-            r = sub_rows(struct_rows[g.structure])
-            if g.kind is GoalKind.ALARA:
-                s = self.rx_max
-            elif g.kind is GoalKind.MAX_VOLUME_AT_DOSE:
-                s = g.dose_gy
-            else:
-                s = max(g.dose_gy, 0.05 * self.rx_max, 1.0)
-            self.terms.append(GoalTerm(g, r, voxel_cc, s))
+        self.terms = [GoalTerm(g, sub_rows(struct_rows[g.structure]), voxel_cc, self._scale_gy(g)) for g in goals]
         tsub = target_rows[rows]
         self.n_target = max(1, int(tsub.sum()))
         if conf_limit is not None:
@@ -466,6 +457,32 @@ class _Problem:
         self.n_eval = 0
         self.n_products = 0
         self._line: list = []
+
+    def _scale_gy(self, g: ClinicalGoal) -> float:
+        if g.kind is GoalKind.ALARA:
+            return self.rx_max
+        if g.kind is GoalKind.MAX_VOLUME_AT_DOSE:
+            return g.dose_gy
+        return max(g.dose_gy, 0.05 * self.rx_max, 1.0)
+
+    def with_goal_values(self, goals) -> "_Problem":
+        """This problem for ``goals`` that differ from its own in their values only (same
+        structures and kinds, same order): the matrices, row sets and fall-off limits are
+        kept, and so are the CUDA graphs (keyed by the goal values they bake in)."""
+        import copy
+
+        goals = list(goals)
+        if [(g.structure, g.kind) for g in goals] != [(g.structure, g.kind) for g in self.goals]:
+            raise ValueError("with_goal_values: the goals differ in more than their values")
+        new = copy.copy(self)
+        new.goals = goals
+        new.terms = [GoalTerm(g, t.rows, t.voxel_cc, self._scale_gy(g)) for g, t in zip(goals, self.terms)]
+        if self.batched:
+            new.all_goals = GoalBatch([(t, None) for t in new.terms], self.device)
+            new._level_batches = {}
+        new.last, new._last_ach, new._line = (None, None), None, []
+        new.n_eval = new.n_products = 0
+        return new
 
     # -- dose and objective -------------------------------------------------------------
     def dose(self, x: np.ndarray):
@@ -762,7 +779,8 @@ def _worse(goal: ClinicalGoal, a: float, b: float, tol: float) -> bool:
 
 
 def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options: OptimizerOptions | None = None,
-                     warm_start: np.ndarray | None = None, device=None, progress=None, cancel=None) -> dict:
+                     warm_start: np.ndarray | None = None, device=None, progress=None, cancel=None,
+                     reuse: dict | None = None) -> dict:
     """Optimize beamlet weights for a goal list on a dose-influence matrix.
 
     Parameters
@@ -776,6 +794,9 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
         Start from this fluence (e.g. the previous plan) instead of a uniform one.
     device : torch.device, optional (default: the matrix's device)
     progress, cancel : see :mod:`core.progress`
+    reuse : dict, optional
+        A previous result of this function on the same matrix, structures and options for
+        goals that differed in their values only: its problem set-up is reused.
 
     Returns
     -------
@@ -783,16 +804,19 @@ def optimize_fluence(dij, goals, masks_dij: dict, rx_by_target: dict, *, options
     ``conflicts``, ``max_dose_limit_gy``, ``time_s``. On cancel, :class:`Cancelled` is
     raised whose ``result`` is this dict for the best fluence so far (the last accepted
     level, or the current iterate before any level was accepted), with ``cancelled=True``.
+    ``_problem`` holds the set-up (matrices on the device) for ``reuse``.
     """
     import torch
 
     opts = options or OptimizerOptions()
     dev = device if device is not None else dij.matrix.device
     with torch_threads(opts.cpu_threads if torch.device(dev).type == "cpu" else None):
-        return _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, device, progress, cancel)
+        return _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, device, progress, cancel,
+                                 reuse)
 
 
-def _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, device, progress, cancel) -> dict:
+def _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, device, progress, cancel,
+                      reuse=None) -> dict:
     from scipy.optimize import Bounds, minimize
 
     t0 = time.perf_counter()
@@ -815,7 +839,11 @@ def _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, dev
         else:
             usable.append(g)
     dev = device if device is not None else dij.matrix.device
-    prob = _Problem(dij, usable, masks_dij, rx_by_target, opts, dev, warnings)
+    if reuse is not None and reuse.get("_problem") is not None:
+        prob = reuse["_problem"].with_goal_values(usable)
+        warnings.extend(w for w in reuse["warnings"] if w.startswith("structure '"))
+    else:
+        prob = _Problem(dij, usable, masks_dij, rx_by_target, opts, dev, warnings)
     conflicts = find_p1_conflicts(usable, masks_dij, dij.grid.voxel_volume_cc, prob.max_dose_gy)
     n = prob.n_beamlets
     if warm_start is not None:
@@ -1101,7 +1129,7 @@ def _pack(prob, x, state, levels_log, warnings, conflicts, t0, cancelled):
     return {"weights": w, "iterations": state["it"], "levels": levels_log, "warnings": warnings,
             "conflicts": conflicts, "max_dose_limit_gy": prob.max_dose_gy, "time_s": time.perf_counter() - t0,
             "cancelled": cancelled, "n_rows": int(prob.rows.size), "nnz": prob.nnz, "evaluations": prob.n_eval,
-            "matrix_products": prob.n_products, "cuda_graphs": _graph_stats(prob)}
+            "matrix_products": prob.n_products, "cuda_graphs": _graph_stats(prob), "_problem": prob}
 
 
 def _graph_stats(prob) -> dict | None:
@@ -1228,8 +1256,8 @@ def optimize_plan(patient, goals, dij, *, options: OptimizerOptions | None = Non
     if same or result.all_p1_met:
         return result
     return _reaim_on_patient_grid(result, out, goals, lambda g, w: optimize_fluence(
-        dij, g, masks_dij, rx, options=options, warm_start=w, device=dev, progress=progress, cancel=cancel),
-        pack_result, options or OptimizerOptions(), t0)
+        dij, g, masks_dij, rx, options=options, warm_start=w, device=dev, progress=progress, cancel=cancel,
+        reuse=out), pack_result, options or OptimizerOptions(), t0)
 
 
 def _reaim_on_patient_grid(result: OptimizationResult, out: dict, goals: list, optimize, pack, opts, t0):
@@ -1258,5 +1286,6 @@ def _reaim_on_patient_grid(result: OptimizationResult, out: dict, goals: list, o
     second = pack(out2)
     second.warm_start = result.warm_start
     second.timings_s["total"] = time.perf_counter() - t0
+    out2.pop("_problem", None)
     n_p1 = [sum(1 for r in x.goal_results if r.goal.priority == 1 and r.met) for x in (result, second)]
     return second if n_p1[1] > n_p1[0] else result

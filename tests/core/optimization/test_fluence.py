@@ -237,3 +237,17 @@ def test_a_p1_goal_missed_only_on_the_patient_grid_is_re_aimed_and_kept_only_if_
     seen.clear()
     assert _reaim_on_patient_grid(result(50.0, True), out, [p1, p2], optimize, None, opts, 0.0).all_p1_met
     assert not seen
+
+
+def test_reusing_a_problem_for_new_goal_values_optimizes_exactly_as_a_fresh_one(toy, cold):
+    grid, masks, dij = toy
+    edited = [TG119_LIKE[0], TG119_LIKE[1], TG119_LIKE[2].with_value(22.0)]
+    fresh = optimize_fluence(dij, edited, masks, RX, warm_start=cold["weights"])
+    reused = optimize_fluence(dij, edited, masks, RX, warm_start=cold["weights"], reuse=cold)
+    assert reused["iterations"] == fresh["iterations"]
+    np.testing.assert_array_equal(reused["weights"], fresh["weights"])
+    # the reused set-up answers to the new values, and the old result's set-up is untouched
+    assert [t.goal for t in reused["_problem"].terms] == edited
+    assert [t.goal for t in cold["_problem"].terms] == TG119_LIKE
+    with pytest.raises(ValueError):
+        cold["_problem"].with_goal_values([TG119_LIKE[0], TG119_LIKE[1], TG119_LIKE[1]])
