@@ -100,7 +100,11 @@ def test_a_replayed_cuda_graph_evaluation_equals_the_eager_one():
             x = rng.uniform(0.5, 1.5, eager.n_beamlets)
             (fa, ga), (fb, gb) = eager.fg(x, level), graphed.fg(x, level)
             assert fb == pytest.approx(fa, rel=1e-9)
-            np.testing.assert_allclose(gb, ga, rtol=1e-6, atol=1e-9 * np.abs(ga).max())
+            # A^T g is a float32 product, and the voxel gradient's atomic sums come in a
+            # different order in any two CUDA evaluations (replayed or not): an entry that
+            # is a small difference of large terms differs at float32 resolution of those
+            # terms (seen: 9.5e-10 on an entry of 1.6e-4, gradient scale 0.17)
+            np.testing.assert_allclose(gb, ga, rtol=1e-6, atol=1e-6 * np.abs(ga).max())
             (aa, ma), (ab, mb) = eager.last_achieved(), graphed.last_achieved()
             assert ab == pytest.approx(aa, rel=1e-9) and mb == pytest.approx(ma, rel=1e-12)
     assert graphed.graphs.note is None, graphed.graphs.note
