@@ -959,6 +959,7 @@ def _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, dev
     stretch = {i for i, t in enumerate(prob.terms)
                if opts.oar_stretch_pct > 0 and t.goal.kind is GoalKind.MAX_MEAN and t.goal.priority > 1
                and t.goal.structure not in rx_by_target}
+    t_levels = time.perf_counter()   # iteration speed is measured from here: set-up excluded
     try:
         if warm_start is None and opts.warmup_maxiter > 0:
             # Cold start: one weighted pass over all goals (weight 10^-(rank) per priority
@@ -1044,9 +1045,15 @@ def _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, dev
                 levels_left = 1 if final else len(priorities) - priorities.index(prio) + 1
                 share_s = max(opts.time_budget_s - spent, 0.0) / levels_left
                 stop_at = time.perf_counter() + share_s
-                allowed = int(share_s / (spent / state["it"]) / (1.0 + opts.repair_maxiter_frac))
-                if allowed < budget:
-                    budget, budget_cut = max(opts.min_level_iter, allowed), True
+                # The iteration cap needs a measured speed: the set-up's seconds spread over a
+                # first level of a few iterations had capped pt_202's P2 at 175 iterations in
+                # one run and not in the next (plans differed run to run, 997 against 1041
+                # iterations); the clock (stop_at) still holds every level to its share.
+                if state["it"] >= opts.min_level_iter:
+                    per_it = (time.perf_counter() - t_levels) / state["it"]
+                    allowed = int(share_s / per_it / (1.0 + opts.repair_maxiter_frac))
+                    if allowed < budget:
+                        budget, budget_cut = max(opts.min_level_iter, allowed), True
             # conformity and homogeneity rank below every goal: they nudge a goal level like
             # a level after the last one (a full-strength nudge at P1 of a head-and-neck list
             # left P3 no room: pt_201 parotid means +6 Gy)

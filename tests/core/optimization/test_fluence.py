@@ -251,3 +251,25 @@ def test_reusing_a_problem_for_new_goal_values_optimizes_exactly_as_a_fresh_one(
     assert [t.goal for t in cold["_problem"].terms] == TG119_LIKE
     with pytest.raises(ValueError):
         cold["_problem"].with_goal_values([TG119_LIKE[0], TG119_LIKE[1], TG119_LIKE[1]])
+
+
+def test_a_time_budget_that_is_not_reached_leaves_the_plan_as_without_one(toy, cold, monkeypatch):
+    """The iteration caps of a time budget come from the measured iteration speed, not from
+    the set-up's seconds spread over the first level: a slow set-up alone must not cut a
+    level (it made plans differ from run to run)."""
+    import time as _time
+
+    from core.optimization import fluence
+
+    grid, masks, dij = toy
+    init = fluence._Problem.__init__
+
+    def slow_init(self, *a, **k):
+        init(self, *a, **k)
+        _time.sleep(3.0)
+
+    monkeypatch.setattr(fluence._Problem, "__init__", slow_init)
+    out = optimize_fluence(dij, TG119_LIKE, masks, RX, options=OptimizerOptions(time_budget_s=12.0))
+    assert not any("time_budget_iter" in lv or "time_budget_stopped" in lv for lv in out["levels"]), out["levels"]
+    assert out["iterations"] == cold["iterations"]
+    np.testing.assert_array_equal(out["weights"], cold["weights"])
