@@ -3,7 +3,9 @@
 Why: on a GPU the optimizer is bound by launches and host round trips, not arithmetic
 (H200, pt_201: 0.15 ms for the sparse product inside a 7 ms L-BFGS-B iteration). The
 batched evaluation (:mod:`core.optimization.batched`) has fixed shapes for a given level,
-so it can be captured once and replayed: one launch per evaluation.
+so it can be captured once and replayed: one launch per evaluation. Measured on the H200
+(`bench/optimizer.py --device cuda --case tg119`): cold 1.9-2.6 s and warm 0.56-0.64 s in
+four runs, against 2.9 s and 0.69 s evaluating eagerly.
 
 The Python floats an evaluation reads (rho, the level's normalisation, its max-dose shift,
 ...) are baked into a graph when it is captured, so graphs are keyed by them; a key is

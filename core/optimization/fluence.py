@@ -44,7 +44,7 @@ prescription as mean target dose) so that they are of order 1.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -1285,9 +1285,13 @@ def optimize_plan(patient, goals, dij, *, options: OptimizerOptions | None = Non
     result = pack_result(out)
     if same or result.all_p1_met:
         return result
+    opts = options or OptimizerOptions()
+    # the re-aim gets what is left of a time budget (a warm start's first level is never cut)
+    reaim_opts = opts if opts.time_budget_s is None else replace(
+        opts, time_budget_s=max(opts.time_budget_s - out["time_s"], 1.0))
     return _reaim_on_patient_grid(result, out, goals, lambda g, w: optimize_fluence(
-        dij, g, masks_dij, rx, options=options, warm_start=w, device=dev, progress=progress, cancel=cancel,
-        reuse=out), pack_result, options or OptimizerOptions(), t0)
+        dij, g, masks_dij, rx, options=reaim_opts, warm_start=w, device=dev, progress=progress, cancel=cancel,
+        reuse=out), pack_result, opts, t0)
 
 
 def _reaim_on_patient_grid(result: OptimizationResult, out: dict, goals: list, optimize, pack, opts, t0):
