@@ -43,7 +43,8 @@ def _structures(patient, site) -> dict:
 
 
 def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bool | None = None,
-                   limit: int | None = None, progress=None, cancel=None, extra_members=(), refiner=None) -> dict:
+                   limit: int | None = None, progress=None, cancel=None, extra_members=(), refiner=None,
+                   tta_framings: int | None = None) -> dict:
     """OpenKBP dose and DVH scores of a model on every ``pt_*.npz`` in ``data_dir``.
 
     Returns ``{"predict": {dose_score_gy, dvh_score_gy, n_patients}, "prescription": {...},
@@ -56,6 +57,8 @@ def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bo
 
     pred = DosePredictor(model_path, device, site, extra_members=extra_members, refiner=refiner)
     tta = pred.default_tta if tta is None else bool(tta)
+    if tta_framings is not None:
+        pred.tta_framings = max(1, int(tta_framings))
     mode_saved = pred.meta.get("ptv_mode", "predict")
     pred.meta["ptv_mode"] = "predict"  # score both conventions from the raw prediction
     files = sorted(Path(data_dir).glob("pt_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
@@ -96,7 +99,8 @@ def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bo
         "seconds_per_case": {"mean": float(np.mean(secs)) if secs else None,
                              "median": float(np.median(secs)) if secs else None,
                              "max": float(np.max(secs)) if secs else None},
-        "device": device_name(pred.device), "tta": tta, "model": str(pred.path),
+        "device": device_name(pred.device), "tta": tta, "tta_framings": pred.tta_framings if tta else 1,
+        "model": str(pred.path),
         "members": [str(pred.path)] + [str(m) for m in extra_members],
         "refiner": str(pred.refiner_path) if pred.refiner is not None else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -126,6 +130,7 @@ def install_model(run_dir, result: dict, site: str = "hn", dest=None, extra_memb
     mode = choose_ptv_mode(result)
     meta["ptv_mode"] = mode
     meta["tta"] = bool(result.get("tta", False))  # inference follows what was measured
+    meta["tta_framings"] = int(result.get("tta_framings", 1))
     info = dict(meta.get("info", {}))
     info.setdefault("val_dose_score_gy_subset", info.get("val_dose_score_gy"))
     info.setdefault("val_dvh_score_gy_subset", info.get("val_dvh_score_gy"))
@@ -200,7 +205,8 @@ def _measured_block(meta, result, mode, hist) -> str:
         + ", ".join(f"`{m}`" for m in result.get("members", [])) + ".",
         (f"- Full-resolution refiner: `{result['refiner']}` (see *The refiner* above)." if result.get("refiner")
          else "- No full-resolution refiner."),
-        f"- Test-time left-right flip: {'on' if result.get('tta') else 'off'} (inference does the same by default).",
+        f"- Test-time left-right flip: {'on' if result.get('tta') else 'off'}, "
+        f"{result.get('tta_framings', 1)} framing(s) of the input (inference does the same by default).",
         f"- Inference on {result['device']}: {result['seconds_per_case']['mean']:.1f} s a case on average "
         f"(max {result['seconds_per_case']['max']:.1f} s), peak RSS {result['peak_rss_mib']:.0f} MiB.",
         "",
@@ -220,6 +226,8 @@ def main(argv=None) -> int:
     flip.add_argument("--tta", dest="tta", action="store_true", default=None,
                       help="test-time left-right flip (default: as the model file says)")
     flip.add_argument("--no-tta", dest="tta", action="store_false")
+    ap.add_argument("--tta-framings", type=int, default=None, metavar="N",
+                    help="with --tta: also average N framings of the input (default: as the model file says)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--install", action="store_true", help="install into resources/models/SITE/ after evaluating")
@@ -236,7 +244,7 @@ def main(argv=None) -> int:
     from core.errors import OpenATPError
     try:
         res = evaluate_model(args.model, args.data, args.device, args.site, args.tta, args.limit,
-                             extra_members=args.member, refiner=refiner)
+                             extra_members=args.member, refiner=refiner, tta_framings=args.tta_framings)
         if args.install:
             res["installed"] = str(install_model(args.model, res, args.site, extra_members=args.member,
                                                  refiner=res.get("refiner")))

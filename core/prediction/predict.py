@@ -107,6 +107,11 @@ class DosePredictor:
                     != float(self.meta["reference_dose_gy"])):
                 raise ModelError("the refiner was trained for other inputs than this model's", self.refiner_path)
         self.default_tta = bool(self.meta.get("tta", False))
+        # test-time framings of the coarse input (with tta): the network normalises each
+        # volume as a whole (instance norm), so the same patient placed at another offset in
+        # its padded box is a second opinion. Measured on the 33 validation cases with the
+        # flip: dose score 3.214 -> 3.178 Gy with 2 framings, 3.177 with 4 (model card).
+        self.tta_framings = max(1, int(self.meta.get("tta_framings", 1)))
         self.load_s = time.perf_counter() - t0
 
     def describe(self) -> dict:
@@ -114,11 +119,24 @@ class DosePredictor:
         return {"path": str(self.path), "site": self.meta["site"], "arch": self.meta["arch"],
                 "parameters": int(sum(n.n_parameters() for n in self.nets)), "members": len(self.nets),
                 "ptv_mode": self.meta.get("ptv_mode", "predict"), "tta_default": self.default_tta,
+                "tta_framings": self.tta_framings,
                 "refiner": str(self.refiner_path) if self.refiner is not None else None,
                 "val_dose_score_gy": info.get("val_dose_score_gy"), "val_dvh_score_gy": info.get("val_dvh_score_gy")}
 
     def _forward(self, x: np.ndarray, tta: bool) -> np.ndarray:
-        """Coarse prediction (Gy) for coarse inputs ``x`` (C, b0, b1, b2)."""
+        """Coarse prediction (Gy) for coarse inputs ``x`` (C, b0, b1, b2): the mean over the
+        members, and with ``tta`` over the left-right mirror and ``tta_framings`` framings."""
+        m = self.net.config.multiple
+        offsets = [(k * m) // self.tta_framings for k in range(self.tta_framings)] if tta else [0]
+        out = None
+        for o in offsets:
+            y = self._forward_framed(_framed(x, o, m) if o else x, tta)
+            if o:
+                y = y[o:o + x.shape[1], o:o + x.shape[2], o:o + x.shape[3]]
+            out = y if out is None else out + y
+        return (out / len(offsets)).astype(np.float32)
+
+    def _forward_framed(self, x: np.ndarray, tta: bool) -> np.ndarray:
         import torch
 
         ref = float(self.meta["reference_dose_gy"])
@@ -199,3 +217,13 @@ def predict_dose(patient, site: str = "hn", model_path=None, device="cpu", tta: 
     if patient is None:
         raise InputError("no patient to predict")
     return DosePredictor(model_path, device, site).predict(patient, tta=tta, progress=progress, cancel=cancel)
+
+
+def _framed(x: np.ndarray, offset: int, multiple: int) -> np.ndarray:
+    """``x`` (C, b0, b1, b2) placed at ``offset`` on every axis of a box one ``multiple``
+    larger, padded as the model inputs are: air (-1) in the CT channel, 0 elsewhere."""
+    c, b0, b1, b2 = x.shape
+    big = np.zeros((c, b0 + multiple, b1 + multiple, b2 + multiple), np.float32)
+    big[0] = -1.0
+    big[:, offset:offset + b0, offset:offset + b1, offset:offset + b2] = x
+    return big

@@ -77,6 +77,28 @@ def test_ensemble_members_are_averaged(tmp_path):
     np.testing.assert_array_equal(beside.predict(p).dose.dose_gy, pair.predict(p).dose.dose_gy)
 
 
+def test_test_time_framings_average_the_patient_placed_at_offsets_in_a_larger_box(tmp_path):
+    """With tta, ``tta_framings`` n averages the flipped pair at offsets k * multiple / n in
+    a box one multiple larger, padded as model inputs are (CT air -1, other channels 0), and
+    cropped back; without tta there is one framing whatever the model file says."""
+    from core.prediction.predict import _framed
+
+    tiny_model(tmp_path / "a", seed=3)
+    pred = DosePredictor(tmp_path / "a", "cpu")
+    m = pred.net.config.multiple
+    x = torch.randn(11, m, 2 * m, m).numpy()
+    big = _framed(x, m // 2, m)
+    assert big.shape == (11, 2 * m, 3 * m, 2 * m)
+    np.testing.assert_array_equal(big[:, m // 2:m // 2 + m, m // 2:m // 2 + 2 * m, m // 2:m // 2 + m], x)
+    assert (big[0, 0] == -1).all() and (big[1:, 0] == 0).all()
+    one = pred._forward(x, True)
+    shifted = pred._forward_framed(big, True)[m // 2:m // 2 + m, m // 2:m // 2 + 2 * m, m // 2:m // 2 + m]
+    assert not np.allclose(one, shifted)        # instance norm: another placement, another opinion
+    pred.tta_framings = 2
+    np.testing.assert_allclose(pred._forward(x, True), 0.5 * (one + shifted), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(pred._forward(x, False), pred._forward_framed(x, False))
+
+
 def test_an_ensemble_member_with_other_inputs_is_refused(tmp_path):
     tiny_model(tmp_path / "a")
     net = tiny_model(tmp_path / "c", seed=3)

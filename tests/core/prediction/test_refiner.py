@@ -162,16 +162,18 @@ def test_install_ships_the_refiner_and_the_measured_flip_setting(tmp_path):
     tiny_model(tmp_path / "run")
     save_refiner(tmp_path / "r.pt", build_refiner(RefinerConfig(11, 4, (1,))), {"pool": POOL, "reference_dose_gy": 70.0})
     score = {"dose_score_gy": 3.0, "dvh_score_gy": 2.0, "n_patients": 1}
-    result = {"predict": score, "prescription": {**score, "dose_score_gy": 4.0}, "tta": True,
+    result = {"predict": score, "prescription": {**score, "dose_score_gy": 4.0}, "tta": True, "tta_framings": 2,
               "seconds_per_case": {"mean": 1.0, "median": 1.0, "max": 1.0}, "device": "cpu",
               "peak_rss_mib": 1.0, "members": [], "refiner": str(tmp_path / "r.pt")}
     dest = tmp_path / "dest"
     install_model(tmp_path / "run", result, "hn", dest, refiner=tmp_path / "r.pt")
     pred = DosePredictor(dest, "cpu")
     assert (dest / "refiner.pt").is_file() and pred.refiner is not None and pred.default_tta is True
-    install_model(tmp_path / "run", {**result, "tta": False, "refiner": None}, "hn", dest)
+    assert pred.tta_framings == 2
+    install_model(tmp_path / "run", {**result, "tta": False, "tta_framings": 1, "refiner": None}, "hn", dest)
     pred = DosePredictor(dest, "cpu")
     assert not (dest / "refiner.pt").exists() and pred.refiner is None and pred.default_tta is False
+    assert pred.tta_framings == 1
 
 
 def test_the_model_card_says_when_the_shipped_weights_are_an_average(tmp_path):

@@ -7,8 +7,10 @@ takes longer than the 15 s target (plus slack for a loaded CI machine). It fails
 trained weights are installed there.
 
 The shipped model (the U-Net's weights averaged over epochs 112-126, its full-resolution
-refiner and the left-right test-time flip, all applied by default) meets the 3.0 Gy target
-on this case (2.66 Gy) but not yet over the validation split (3.21 Gy, see MODEL_CARD.md).
+refiner, the left-right test-time flip and two framings of the input, all applied by
+default) meets the 3.0 Gy target on this case (2.70 Gy) but not yet over the validation
+split (3.18 Gy, see MODEL_CARD.md). With the flip alone it scored 2.66 Gy here and 3.21 Gy
+over the split: the second framing helps the split, not this case.
 A regression guard holds the shipped model to what it measured here, so a worse model
 cannot be installed silently. (The epoch-90 network shipped before scored 2.89 Gy here
 with the same refiner and flip, 2.93 Gy without them.)
@@ -29,7 +31,7 @@ from core.prediction.scores import dose_score  # noqa: E402
 DOSE_SCORE_TARGET_GY = 3.0
 #: What the shipped model measured on this case when it was installed (MODEL_CARD.md), plus
 #: 0.05 Gy for floating-point and thread-count differences between machines.
-SHIPPED_DEMO_SCORE_GY = 2.66 + 0.05
+SHIPPED_DEMO_SCORE_GY = 2.70 + 0.05
 
 
 @pytest.fixture(scope="module")
