@@ -200,12 +200,12 @@ def main(argv=None) -> int:
     p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
                    help="replay the optimizer's evaluations as CUDA graphs (auto: on CUDA)")
     args = p.parse_args(argv)
-    args.cuda_graphs = {"auto": None, "on": True, "off": False}[args.cuda_graphs]
     import torch
 
     torch.set_num_threads(args.threads)
     out = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
-           "cuda_graphs": {None: "auto", True: "on", False: "off"}[args.cuda_graphs], "cases": []}
+           "cuda_graphs": args.cuda_graphs, "cases": []}
+    args.cuda_graphs = {"auto": None, "on": True, "off": False}[args.cuda_graphs]
     try:
         from core.dose.influence import compute_influence  # noqa: F401
     except ImportError as exc:

@@ -500,17 +500,8 @@ class _Problem:
         return self._mv(self.A, w)
 
     def _mv(self, matrix, v):
-        n = self.product_threads
-        if n is None:
+        with torch_threads(self.product_threads):
             return self.torch.mv(matrix, v)
-        inner = self.torch.get_num_threads()
-        if inner == n:
-            return self.torch.mv(matrix, v)
-        self.torch.set_num_threads(n)
-        try:
-            return self.torch.mv(matrix, v)
-        finally:
-            self.torch.set_num_threads(inner)
 
     def _dose_on_line(self, x: np.ndarray):
         """The dose at ``x`` from the last two evaluated points, when ``x`` lies on their line.
