@@ -222,8 +222,9 @@ def predict_dose(patient, site: str = "hn", model_path=None, device="cpu", tta: 
 def _framed(x: np.ndarray, offset: int, multiple: int) -> np.ndarray:
     """``x`` (C, b0, b1, b2) placed at ``offset`` on every axis of a box one ``multiple``
     larger, padded as the model inputs are: air (-1) in the CT channel, 0 elsewhere."""
-    c, b0, b1, b2 = x.shape
-    big = np.zeros((c, b0 + multiple, b1 + multiple, b2 + multiple), np.float32)
-    big[0] = -1.0
-    big[:, offset:offset + b0, offset:offset + b1, offset:offset + b2] = x
+    from core.prediction.preprocess import pad_volume
+
+    shape, lo = tuple(n + multiple for n in x.shape[1:]), (offset,) * 3
+    big = pad_volume(np.asarray(x, np.float32), shape, lo)
+    big[0][~pad_volume(np.ones(x.shape[1:], bool), shape, lo)] = -1.0
     return big
