@@ -5,7 +5,9 @@ compact training caches are built on first use into ``--cache-dir`` (default
 ``MODEL/cache``) and reused; copy that folder with the code to train on another machine.
 
 ``--stage refiner`` trains the full-resolution refiner instead (``MODEL/refiner.pt``,
-:mod:`core.prediction.train_refiner`); it needs no U-Net, only the training cache.
+:mod:`core.prediction.train_refiner`); it needs no U-Net, only the training cache, unless
+``--stacked-on NETWORK`` asks it to learn from that network's predictions as well
+(:mod:`core.prediction.stacking`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,21 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, default=16, help="refiner: channels per layer (default 16)")
     p.add_argument("--dilations", default="1,2,4,2,1", help="refiner: dilation of each 3x3x3 layer")
     p.add_argument("--lr", type=float, default=1e-3, help="refiner: peak learning rate (default 1e-3)")
+    p.add_argument("--stacked-on", default=None, metavar="NETWORK",
+                   help="refiner: also train on this coarse network's own predictions of the training cases "
+                        "(written once to MODEL/stacked/); the refiner then belongs to that network")
+    p.add_argument("--p-stacked", type=float, default=0.8,
+                   help="refiner with --stacked-on: share of samples that use the network's prediction (default 0.8)")
+    p.add_argument("--stacked-gain", type=float, default=0.15,
+                   help="refiner with --stacked-on: the prediction's error is amplified by a random factor in "
+                        "[1, 1 + gain], since the network fits its training cases better than new ones (default 0.15)")
+    p.add_argument("--near-target-mm", type=float, default=15.0,
+                   help="refiner: the band around the targets that --near-target-frac of the patches are centred in "
+                        "(default 15 mm)")
+    p.add_argument("--near-target-frac", type=float, default=0.7,
+                   help="refiner: share of patches centred near a target (default 0.7)")
+    p.add_argument("--init-refiner", default=None, metavar="REFINER",
+                   help="refiner: start from these weights (same width and dilations) instead of from scratch")
     add_device(p)
     add_json(p)
     p.set_defaults(func=run)
@@ -136,16 +153,38 @@ def _refiner_config(args, site):
         raise InputError(f"--dilations must be comma-separated integers, got '{args.dilations}'") from None
     if args.steps < 1 or args.patch < 8 or args.width < 1 or not dil or min(dil) < 1:
         raise InputError("--steps >= 1, --patch >= 8, --width >= 1 and dilations >= 1 are needed")
+    if not 0.0 <= args.p_stacked <= 1.0 or args.stacked_gain < 0:
+        raise InputError("--p-stacked must lie in [0, 1] and --stacked-gain must not be negative")
+    if not 0.0 <= args.near_target_frac <= 1.0 or args.near_target_mm <= 0:
+        raise InputError("--near-target-frac must lie in [0, 1] and --near-target-mm must be positive")
+    if args.init_refiner and not Path(args.init_refiner).is_file():
+        raise InputError("the refiner to start from does not exist", args.init_refiner)
+    stacked = args.stacked_on is not None
     return RefinerTrainConfig(site=site.key, steps=args.steps, patch=args.patch, width=args.width, dilations=dil,
                               lr=args.lr, seed=args.seed, threads=args.threads, limit_train=args.limit_train,
-                              alpha=1.0 if args.alpha is None else args.alpha)
+                              alpha=1.0 if args.alpha is None else args.alpha,
+                              stacked_dir=str(Path(args.out) / "stacked") if stacked else None,
+                              p_stacked=args.p_stacked if stacked else 0.0,
+                              stacked_gain=args.stacked_gain if stacked else 0.0,
+                              near_target_mm=args.near_target_mm, near_target_frac=args.near_target_frac,
+                              init_from=args.init_refiner)
 
 
 def _train_refiner(args, cfg, cache, out: Path, device) -> int:
     from core.prediction.train_refiner import train_refiner
 
+    if args.stacked_on:
+        from core.prediction.stacking import coarse_predictions
+
+        _log(f"predicting the training cases with {args.stacked_on} into {cfg.stacked_dir}")
+        if args.threads:
+            import torch
+            torch.set_num_threads(int(args.threads))
+        coarse_predictions(args.stacked_on, cache, cfg.stacked_dir, cfg.site, device, progress=progress_for(args),
+                           log=_log)
     _log(f"device {device}, refiner: width {cfg.width}, dilations {cfg.dilations}, "
-         f"{cfg.steps} steps of {cfg.patch}^3")
+         f"{cfg.steps} steps of {cfg.patch}^3" + (f", {cfg.p_stacked:.0%} on the network's predictions"
+                                                    if cfg.stacked_dir else ""))
     r = train_refiner(cache, out, cfg, resume=args.resume, progress=progress_for(args), device=device, log=_log)
     if args.json:
         emit_json({"stage": "refiner", "steps": r["steps"], "loss": r["loss"], "unrefined_loss": r["unrefined_loss"],

@@ -36,7 +36,8 @@ class PredictionResult:
     timings_s : dict
         ``load_model``, ``preprocess``, ``network``, ``postprocess``, ``total`` (seconds).
     warnings : list of str
-        Structures the model did not use and why.
+        Structures the model did not use and why; a refiner that was trained on another
+        network's predictions.
     unknown_structures : list of str
     model : dict
         Model file path, site, architecture summary and its recorded validation scores.
@@ -95,6 +96,7 @@ class DosePredictor:
         if self.meta.get("ptv_mode", "predict") not in ("predict", "prescription"):
             raise ModelError(f"unknown ptv_mode '{self.meta.get('ptv_mode')}' in the model file", self.path)
         self.refiner, self.refiner_path = None, None
+        self.load_warnings, stacked_on = [], None
         if refiner is None and (self.path.parent / "refiner.pt").exists():
             refiner = self.path.parent / "refiner.pt"
         if refiner:
@@ -106,12 +108,14 @@ class DosePredictor:
                     or float(rmeta.get("reference_dose_gy", self.meta["reference_dose_gy"]))
                     != float(self.meta["reference_dose_gy"])):
                 raise ModelError("the refiner was trained for other inputs than this model's", self.refiner_path)
+            stacked_on = rmeta.get("stacked_on")
         self.default_tta = bool(self.meta.get("tta", False))
         # test-time framings of the coarse input (with tta): the network normalises each
         # volume as a whole (instance norm), so the same patient placed at another offset in
         # its padded box is a second opinion. Measured on the 33 validation cases with the
         # flip: dose score 3.214 -> 3.178 Gy with 2 framings, 3.177 with 4 (model card).
         self.tta_framings = max(1, int(self.meta.get("tta_framings", 1)))
+        self.load_warnings += _stacking_mismatch(stacked_on, self)
         self.load_s = time.perf_counter() - t0
 
     def describe(self) -> dict:
@@ -160,6 +164,27 @@ class DosePredictor:
             out = out / (len(self.nets) * len(inputs))
             return (out.float().cpu().numpy() * ref).astype(np.float32)
 
+    def coarse_dose(self, case, full: np.ndarray, tta: bool, timings: dict | None = None) -> np.ndarray:
+        """The network's prediction of a canonical ``case`` (``full``: its full-resolution
+        channels) up-sampled to the crop (Gy), before the refiner. ``timings`` gets the
+        pooling's seconds added to "preprocess" and the network's under "network"."""
+        from core.prediction.preprocess import model_inputs, upsample_dose
+
+        t0 = time.perf_counter()
+        x, body_lo, pad_shape = model_inputs(case, self.site, self.net.config.multiple, pool=self.pool, full=full)
+        t1 = time.perf_counter()
+        pred_lo = np.maximum(self._forward(x, tta), 0)
+        if self.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize(self.device)
+        if timings is not None:
+            timings["preprocess"] = timings.get("preprocess", 0.0) + (t1 - t0)
+            timings["network"] = time.perf_counter() - t1
+        body_full = np.zeros(pad_shape, dtype=bool)
+        crop = tuple(slice(0, s) for s in case.body.shape)
+        body_full[crop] = case.body
+        return upsample_dose(pred_lo, body_lo, body_full, self.pool)[crop]
+
     def predict(self, patient, tta: bool | None = None, progress=None, cancel=None) -> PredictionResult:
         """Predict the dose of ``patient`` (a :class:`core.patient.Patient`).
 
@@ -168,8 +193,7 @@ class DosePredictor:
         Raises :class:`InputError` for a patient without CT, target or prescription.
         """
         from core.patient import Dose
-        from core.prediction.preprocess import (canonical_to_patient, full_res_channels, model_inputs,
-                                                patient_to_canonical, upsample_dose)
+        from core.prediction.preprocess import canonical_to_patient, full_res_channels, patient_to_canonical
 
         tta = self.default_tta if tta is None else bool(tta)
 
@@ -178,23 +202,13 @@ class DosePredictor:
         report(progress, 0, 4, "reading the patient into the model frame")
         case, mapping, mgrid, lo = patient_to_canonical(patient, self.site)
         full = full_res_channels(case, self.site)
-        x, body_lo, pad_shape = model_inputs(case, self.site, self.net.config.multiple, pool=self.pool, full=full)
         t["preprocess"] = time.perf_counter() - t0
         check_cancel(cancel)
         report(progress, 1, 4, "running the network")
-        t1 = time.perf_counter()
-        pred_lo = np.maximum(self._forward(x, tta), 0)
-        if self.device.type == "cuda":
-            import torch
-            torch.cuda.synchronize(self.device)
-        t["network"] = time.perf_counter() - t1
+        dose_crop = self.coarse_dose(case, full, tta, t)
         check_cancel(cancel)
         report(progress, 2, 4, "back to the patient grid")
         t2 = time.perf_counter()
-        body_full = np.zeros(pad_shape, dtype=bool)
-        crop = tuple(slice(0, s) for s in case.body.shape)
-        body_full[crop] = case.body
-        dose_crop = upsample_dose(pred_lo, body_lo, body_full, self.pool)[crop]
         if self.refiner is not None:
             from core.prediction.refiner import refine
             dose_crop = refine(self.refiner, full, dose_crop, case.body,
@@ -207,7 +221,7 @@ class DosePredictor:
         t["postprocess"] = time.perf_counter() - t2
         t["total"] = sum(v for k, v in t.items())
         report(progress, 4, 4, "done")
-        return PredictionResult(Dose(dose, patient.grid, label="predicted"), t, list(mapping.warnings),
+        return PredictionResult(Dose(dose, patient.grid, label="predicted"), t, list(mapping.warnings) + self.load_warnings,
                                 list(mapping.unknown), self.describe())
 
 
@@ -217,6 +231,21 @@ def predict_dose(patient, site: str = "hn", model_path=None, device="cpu", tta: 
     if patient is None:
         raise InputError("no patient to predict")
     return DosePredictor(model_path, device, site).predict(patient, tta=tta, progress=progress, cancel=cancel)
+
+
+def _stacking_mismatch(stacked_on, predictor) -> list:
+    """A warning when the refiner learnt the corrections of another network (or of other
+    test-time settings) than the predictor runs: it still sharpens, but its learnt bias
+    corrections may not fit."""
+    if not stacked_on:
+        return []
+    from core.prediction.stacking import weights_digest
+
+    same = (stacked_on.get("weights_sha256") == weights_digest(predictor.nets)
+            and stacked_on.get("tta") == predictor.default_tta
+            and int(stacked_on.get("tta_framings", 1)) == predictor.tta_framings)
+    return [] if same else [f"the refiner {predictor.refiner_path.name} was trained on the predictions of "
+                            "another network or other test-time settings than this model's"]
 
 
 def _framed(x: np.ndarray, offset: int, multiple: int) -> np.ndarray:

@@ -9,6 +9,10 @@ Recipe:
   over ``noise_sigma_vox`` coarse voxels), then up-sampled the way inference does. Why:
   the refiner must restore the fall-off the coarse grid loses without trusting the
   coarse values more than a prediction deserves;
+- optionally (``stacked_dir``, ``p_stacked`` of the samples) the coarse network's own
+  prediction of the case instead (:mod:`core.prediction.stacking`), its error amplified
+  by up to ``stacked_gain``: then the refiner also learns that network's systematic
+  mistakes, and belongs to it;
 - target: the reference dose / the site's reference dose, weighted L1 (the OpenKBP dose
   score is a mean absolute error) with the U-Net's voxel weights;
 - patches of ``patch`` voxels a side, ``near_target_frac`` of them centred within
@@ -59,6 +63,10 @@ class RefinerTrainConfig:
     threads: int | None = None
     checkpoint_every_s: float = 300.0
     limit_train: int | None = None
+    stacked_dir: str | None = None
+    p_stacked: float = 0.0
+    stacked_gain: float = 0.0
+    init_from: str | None = None
 
 
 def coarse_dose_up(dose_gy: np.ndarray, body: np.ndarray, pool: int, rng=None,
@@ -81,6 +89,17 @@ def coarse_dose_up(dose_gy: np.ndarray, body: np.ndarray, pool: int, rng=None,
     return upsample_dose(lo, body_lo, bodyp, pool)[crop]
 
 
+def _stacked_dose_up(c, cfg: RefinerTrainConfig, rng) -> np.ndarray:
+    """The coarse model's own up-sampled prediction of a training case (Gy), its error
+    amplified by a random factor in ``[1, 1 + stacked_gain]``: the model fits its training
+    cases more closely than it will fit a new patient."""
+    from core.prediction.stacking import load_coarse_prediction
+
+    up = load_coarse_prediction(cfg.stacked_dir, c.pid, c.dose_gy.shape)
+    g = 1.0 + cfg.stacked_gain * float(rng.random())
+    return np.where(c.body, np.maximum(c.dose_gy + g * (up - c.dose_gy), 0), 0).astype(np.float32)
+
+
 def _sample_case(c, site: SiteSpec, rng, cfg: RefinerTrainConfig):
     """Whole-case arrays of one cached case: anatomy (C, ...), dose_up / ref, target / ref,
     voxel weights, and where a patch may be centred near a target."""
@@ -89,7 +108,10 @@ def _sample_case(c, site: SiteSpec, rng, cfg: RefinerTrainConfig):
     cc = _canonical_from_cache(c, site)
     anat = full_res_channels(cc, site)
     ref = np.float32(site.reference_dose_gy)
-    up = coarse_dose_up(c.dose_gy, c.body, cfg.pool, rng, cfg) / ref
+    if cfg.stacked_dir and rng.random() < cfg.p_stacked:
+        up = _stacked_dose_up(c, cfg, rng) / ref
+    else:
+        up = coarse_dose_up(c.dose_gy, c.body, cfg.pool, rng, cfg) / ref
     n_oar = len(site.oars)
     occ = np.concatenate([anat[2:2 + n_oar], np.stack([c.mask(n_oar + j) for j in range(len(site.targets))])
                           .astype(np.float32)])
@@ -134,6 +156,10 @@ def train_refiner(cache_path, out_dir, cfg: RefinerTrainConfig | None = None, re
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = build_refiner(RefinerConfig(11, cfg.width, tuple(cfg.dilations))).to(device)
+    if cfg.init_from:
+        from core.prediction.refiner import load_refiner
+        init, _ = load_refiner(cfg.init_from, device)
+        net.load_state_dict(init.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     step, seconds = 0, 0.0
     ck = out / "checkpoint_refiner.pt"
@@ -147,6 +173,13 @@ def train_refiner(cache_path, out_dir, cfg: RefinerTrainConfig | None = None, re
         opt.load_state_dict(blob["optim"])
         step, seconds = int(blob["step"]), float(blob["seconds"])
     mirror = [(2 + site.oars.index(a), 2 + site.oars.index(b)) for a, b in site.mirror_pairs]
+    stacked_on = None
+    if cfg.stacked_dir and cfg.p_stacked > 0:
+        from core.prediction.stacking import source_of
+        stacked_on = source_of(cfg.stacked_dir) or None
+        if stacked_on is None:
+            raise InputError("no coarse predictions here: write them first (core.prediction.stacking)",
+                             cfg.stacked_dir)
 
     def save(tag):
         from core.io.atomic import atomic_write_bytes
@@ -157,7 +190,8 @@ def train_refiner(cache_path, out_dir, cfg: RefinerTrainConfig | None = None, re
         atomic_write_bytes(ck, buf.getvalue())
         save_refiner(out / "refiner.pt", net, {"site": site.key, "pool": cfg.pool, "steps": step,
                                                "train_seconds": seconds, "recipe": asdict(cfg),
-                                               "reference_dose_gy": float(site.reference_dose_gy)})
+                                               "reference_dose_gy": float(site.reference_dose_gy),
+                                               "stacked_on": stacked_on})
         log(json.dumps({"saved": tag, "step": step, "seconds": round(seconds, 1)}))
 
     t_ck = time.perf_counter()
