@@ -75,7 +75,8 @@ def register(subparsers) -> None:
     p.add_argument("--near-target-frac", type=float, default=0.7,
                    help="refiner: share of patches centred near a target (default 0.7)")
     p.add_argument("--init-refiner", default=None, metavar="REFINER",
-                   help="refiner: start from these weights (same width and dilations) instead of from scratch")
+                   help="refiner: start from these weights (same dilations, same or smaller width: a narrower "
+                        "refiner fills the leading channels) instead of from scratch")
     add_device(p)
     add_json(p)
     p.set_defaults(func=run)

@@ -74,6 +74,41 @@ def build_refiner(cfg: RefinerConfig):
     return DoseRefiner(cfg)
 
 
+def widen_from(net, small) -> None:
+    """Load the weights of ``small`` (same inputs and dilations, ``width`` <= ``net``'s) into
+    the leading channels of ``net``, so that ``net`` computes exactly what ``small`` did.
+
+    Why: a wider refiner can then start from a trained narrow one (Net2Net, Chen et al.,
+    ICLR 2016) instead of from scratch. The added channels keep their random weights in,
+    and their weights out start at zero: they change nothing until training moves them.
+    Raises :class:`ModelError` when the shapes do not allow it.
+    """
+    import torch
+
+    a, b = small.config, net.config
+    if a.in_channels != b.in_channels or tuple(a.dilations) != tuple(b.dilations) or a.width > b.width:
+        raise ModelError(f"a refiner of width {a.width} and dilations {tuple(a.dilations)} cannot start one of "
+                         f"width {b.width} and dilations {tuple(b.dilations)}")
+    w = a.width
+    src, dst = small.state_dict(), net.state_dict()
+    with torch.no_grad():
+        for k, v in src.items():
+            t = dst[k]
+            if k.startswith("head."):
+                if t.dim() > 1:
+                    t[:, w:] = 0
+                    t[:, :w] = v
+                else:
+                    t.copy_(v)
+            elif t.dim() > 1:  # a body conv: (out, in, k, k, k)
+                if k != "body.0.weight":  # the first layer reads the inputs, not channels
+                    t[:w, w:] = 0
+                t[:w, :v.shape[1]] = v
+            else:
+                t[:w] = v
+    net.load_state_dict(dst)
+
+
 def save_refiner(path, net, meta: dict) -> Path:
     """Write the refiner atomically (``torch.save`` to a temporary file, then rename)."""
     import io

@@ -157,9 +157,9 @@ def train_refiner(cache_path, out_dir, cfg: RefinerTrainConfig | None = None, re
     torch.manual_seed(cfg.seed)
     net = build_refiner(RefinerConfig(11, cfg.width, tuple(cfg.dilations))).to(device)
     if cfg.init_from:
-        from core.prediction.refiner import load_refiner
+        from core.prediction.refiner import load_refiner, widen_from
         init, _ = load_refiner(cfg.init_from, device)
-        net.load_state_dict(init.state_dict())
+        widen_from(net, init)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     step, seconds = 0, 0.0
     ck = out / "checkpoint_refiner.pt"

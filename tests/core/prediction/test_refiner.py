@@ -193,3 +193,26 @@ def test_the_model_card_says_when_the_shipped_weights_are_an_average(tmp_path):
     install_model(tmp_path / "avg", result, "hn", dest)
     card = (dest / "MODEL_CARD.md").read_text()
     assert "the mean of 2 per-epoch snapshots" in card and "old" not in card and card.endswith("rest\n")
+
+
+def test_a_widened_refiner_computes_what_the_narrow_one_did():
+    from core.prediction.refiner import widen_from
+
+    torch.manual_seed(2)
+    small = build_refiner(RefinerConfig(11, 12, (1, 2, 1)))  # width = inputs: no shape coincidence
+    for p in small.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    wide = build_refiner(RefinerConfig(11, 15, (1, 2, 1)))
+    widen_from(wide, small)
+    a, d = torch.randn(1, 11, 9, 8, 7), torch.rand(1, 1, 9, 8, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(a, d), small(a, d), rtol=1e-5, atol=1e-6)
+        assert not torch.equal(wide(a, d), d)  # the narrow one does change the dose
+    # the added channels are live: their weights out get a gradient
+    loss = wide(a, d).sum()
+    loss.backward()
+    assert wide.head.weight.grad[0, 12:].abs().sum() > 0
+    with pytest.raises(ModelError):
+        widen_from(build_refiner(RefinerConfig(11, 8, (1, 2, 1))), small)
+    with pytest.raises(ModelError):
+        widen_from(build_refiner(RefinerConfig(11, 16, (1, 2))), small)
