@@ -143,6 +143,8 @@ class DosePredictor:
     def _forward_framed(self, x: np.ndarray, tta: bool) -> np.ndarray:
         import torch
 
+        from core.prediction.preprocess import mirror_channel_order
+
         ref = float(self.meta["reference_dose_gy"])
         with torch.no_grad():
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
@@ -150,11 +152,7 @@ class DosePredictor:
             if tta:
                 # Left-right mirror (array axis 1 of the canonical frame; paired organs swap),
                 # the one flip the model was trained with.
-                perm = list(range(x.shape[0]))
-                for a, b in self.site.mirror_pairs:
-                    ia, ib = 2 + self.site.oars.index(a), 2 + self.site.oars.index(b)
-                    perm[ia], perm[ib] = perm[ib], perm[ia]
-                inputs.append((torch.flip(xt[:, perm], dims=[3]), True))
+                inputs.append((torch.flip(xt[:, mirror_channel_order(self.site, x.shape[0])], dims=[3]), True))
             out = None
             for net in self.nets:
                 for xi, flipped in inputs:
@@ -188,12 +186,14 @@ class DosePredictor:
     def predict(self, patient, tta: bool | None = None, progress=None, cancel=None) -> PredictionResult:
         """Predict the dose of ``patient`` (a :class:`core.patient.Patient`).
 
-        ``tta``: average with the left-right mirror; ``None`` follows the model file (the
+        ``tta``: average with the left-right mirror (the network's and the refiner's
+        passes alike); ``None`` follows the model file (the
         shipped model was measured better with it, see its model card).
         Raises :class:`InputError` for a patient without CT, target or prescription.
         """
         from core.patient import Dose
-        from core.prediction.preprocess import canonical_to_patient, full_res_channels, patient_to_canonical
+        from core.prediction.preprocess import (canonical_to_patient, full_res_channels, mirror_channel_order,
+                                                patient_to_canonical)
 
         tta = self.default_tta if tta is None else bool(tta)
 
@@ -211,8 +211,8 @@ class DosePredictor:
         t2 = time.perf_counter()
         if self.refiner is not None:
             from core.prediction.refiner import refine
-            dose_crop = refine(self.refiner, full, dose_crop, case.body,
-                               float(self.meta["reference_dose_gy"]), self.device)
+            dose_crop = refine(self.refiner, full, dose_crop, case.body, float(self.meta["reference_dose_gy"]),
+                               self.device, mirror_perm=mirror_channel_order(self.site, full.shape[0]) if tta else None)
         if self.meta.get("ptv_mode") == "prescription":
             rx = case.ptv_dose_gy()
             dose_crop = np.where(rx > 0, rx, dose_crop)

@@ -45,6 +45,16 @@ def channel_names(site: SiteSpec) -> list:
     return ["ct", "body", *site.oars, "ptv_dose", "ptv_distance"]
 
 
+def mirror_channel_order(site: SiteSpec, n_channels: int | None = None) -> list:
+    """Channel order of the left-right mirror of the model inputs (array axis 1 of the
+    canonical frame): the paired organs swap channels, every other channel stays."""
+    perm = list(range(len(channel_names(site)) if n_channels is None else n_channels))
+    for a, b in site.mirror_pairs:
+        ia, ib = 2 + site.oars.index(a), 2 + site.oars.index(b)
+        perm[ia], perm[ib] = perm[ib], perm[ia]
+    return perm
+
+
 @dataclass(eq=False)
 class CanonicalCase:
     """Full-resolution arrays in the canonical frame, cropped to the body.

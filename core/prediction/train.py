@@ -34,8 +34,9 @@ import numpy as np
 
 from core.errors import InputError
 from core.progress import check_cancel, report
-from core.prediction.preprocess import (POOL, CanonicalCase, channel_names, full_res_channels, model_inputs,
-                                        pad_to_multiple, pad_volume, pool_dose, pool_inputs, upsample_dose)
+from core.prediction.preprocess import (POOL, CanonicalCase, channel_names, full_res_channels, mirror_channel_order,
+                                        model_inputs, pad_to_multiple, pad_volume, pool_dose, pool_inputs,
+                                        upsample_dose)
 from core.prediction.sites import SiteSpec, get_site
 
 
@@ -139,12 +140,9 @@ def augment_sample(x, y, occ, rng, site: SiteSpec, cfg: TrainConfig, multiple: i
     if cfg.augment and rng.random() < 0.5:
         # Left-right is array axis 1 in the canonical frame; paired organs swap channels.
         x, y, occ = x[:, :, ::-1], y[:, ::-1], occ[:, :, ::-1]
-        perm = list(range(x.shape[0]))
-        operm = list(range(occ.shape[0]))
-        for a, b in site.mirror_pairs:
-            ia, ib = site.oars.index(a), site.oars.index(b)
-            perm[2 + ia], perm[2 + ib] = perm[2 + ib], perm[2 + ia]
-            operm[ia], operm[ib] = operm[ib], operm[ia]
+        perm = mirror_channel_order(site, x.shape[0])
+        # occ holds the organs first (no CT and body channels), then the targets
+        operm = [i - 2 for i in perm[2:2 + n_oar]] + list(range(n_oar, occ.shape[0]))
         x, occ = x[perm], occ[operm]
     shape = np.asarray(y.shape)
     extra = rng.integers(0, multiple, size=3) if cfg.augment else np.zeros(3, int)

@@ -34,8 +34,8 @@ import numpy as np
 
 from core.errors import InputError
 from core.progress import check_cancel, report
-from core.prediction.preprocess import (POOL, full_res_channels, pad_to_multiple, pad_volume, pool_dose,
-                                        pool_inputs, upsample_dose)
+from core.prediction.preprocess import (POOL, full_res_channels, mirror_channel_order, pad_to_multiple, pad_volume,
+                                        pool_dose, pool_inputs, upsample_dose)
 from core.prediction.sites import SiteSpec, get_site
 
 
@@ -172,7 +172,7 @@ def train_refiner(cache_path, out_dir, cfg: RefinerTrainConfig | None = None, re
         net.load_state_dict(blob["model"])
         opt.load_state_dict(blob["optim"])
         step, seconds = int(blob["step"]), float(blob["seconds"])
-    mirror = [(2 + site.oars.index(a), 2 + site.oars.index(b)) for a, b in site.mirror_pairs]
+    mirror = mirror_channel_order(site)
     stacked_on = None
     if cfg.stacked_dir and cfg.p_stacked > 0:
         from core.prediction.stacking import source_of
@@ -214,10 +214,7 @@ def train_refiner(cache_path, out_dir, cfg: RefinerTrainConfig | None = None, re
             a, u, t, ww = anat[(slice(None),) + sl], up[sl], y[sl], w[sl]
             if rng.random() < 0.5:
                 a, u, t, ww = a[:, :, ::-1], u[:, ::-1], t[:, ::-1], ww[:, ::-1]
-                perm = list(range(a.shape[0]))
-                for i, j in mirror:
-                    perm[i], perm[j] = perm[j], perm[i]
-                a = a[perm]
+                a = a[mirror]
             at, ut, tt, wt = (torch.from_numpy(np.ascontiguousarray(v)).to(device)
                               for v in (a[None], u[None, None], t[None, None], ww[None, None]))
             lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * step / cfg.steps))

@@ -216,3 +216,25 @@ def test_a_widened_refiner_computes_what_the_narrow_one_did():
         widen_from(build_refiner(RefinerConfig(11, 8, (1, 2, 1))), small)
     with pytest.raises(ModelError):
         widen_from(build_refiner(RefinerConfig(11, 16, (1, 2))), small)
+
+
+def test_the_refiner_flip_makes_refinement_mirror_symmetric():
+    """Averaged with its mirror, the refinement of a mirrored patient is the mirror of the
+    refinement: left and right are treated alike, which one pass alone does not do."""
+    torch.manual_seed(3)
+    net = build_refiner(RefinerConfig(11, 4, (1, 2)))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    perm = list(range(11))
+    for a, b in SITE.mirror_pairs:
+        ia, ib = 2 + SITE.oars.index(a), 2 + SITE.oars.index(b)
+        perm[ia], perm[ib] = perm[ib], perm[ia]
+    rng = np.random.default_rng(0)
+    anat = rng.standard_normal((11, 9, 10, 8)).astype(np.float32)
+    dose = (40 * rng.random((9, 10, 8))).astype(np.float32)
+    body = np.ones(dose.shape, bool)
+    m_anat, m_dose = np.ascontiguousarray(anat[perm][:, :, ::-1]), np.ascontiguousarray(dose[:, ::-1])
+    one = refine(net, anat, dose, body, 70.0)
+    assert not np.allclose(refine(net, m_anat, m_dose, body, 70.0), one[:, ::-1], atol=1e-3)
+    both = refine(net, anat, dose, body, 70.0, mirror_perm=perm)
+    np.testing.assert_allclose(refine(net, m_anat, m_dose, body, 70.0, mirror_perm=perm), both[:, ::-1], atol=1e-4)
