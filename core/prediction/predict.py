@@ -221,8 +221,8 @@ class DosePredictor:
         t["postprocess"] = time.perf_counter() - t2
         t["total"] = sum(v for k, v in t.items())
         report(progress, 4, 4, "done")
-        return PredictionResult(Dose(dose, patient.grid, label="predicted"), t, list(mapping.warnings) + self.load_warnings,
-                                list(mapping.unknown), self.describe())
+        return PredictionResult(Dose(dose, patient.grid, label="predicted"), t,
+                                list(mapping.warnings) + self.load_warnings, list(mapping.unknown), self.describe())
 
 
 def predict_dose(patient, site: str = "hn", model_path=None, device="cpu", tta: bool | None = None,

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from core.errors import ModelError  # noqa: E402
-from core.prediction.cache import build_cache, load_cache  # noqa: E402
+from core.prediction.cache import load_cache  # noqa: E402
 from core.prediction.preprocess import POOL, pad_to_multiple, pad_volume, pool_dose, upsample_dose  # noqa: E402
 from core.prediction.refiner import RefinerConfig, build_refiner, load_refiner, refine, save_refiner  # noqa: E402
 from core.prediction.sites import get_site  # noqa: E402
@@ -22,13 +22,8 @@ SITE = get_site("hn")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    d = tmp_path_factory.mktemp("okbp_ref")
-    (d / "train").mkdir()
-    for s in (1, 2, 3, 4):
-        write_case(d / "train" / f"pt_{s}.npz", shape=(28, 28, 24), seed=s)
-    build_cache(d / "train", d / "tr.npz")
-    return d / "tr.npz"
+def cache(four_case_cache):
+    return four_case_cache
 
 
 @pytest.mark.parametrize("width,dil", [(4, (1,)), (8, (1, 2, 1)), (6, (1, 2, 4, 1))])

@@ -13,11 +13,12 @@ torch = pytest.importorskip("torch")
 
 from core.errors import InputError  # noqa: E402
 from core.io.atomic import atomic_save_npz  # noqa: E402
-from core.prediction.cache import build_cache, load_cache  # noqa: E402
+from core.prediction.cache import load_cache  # noqa: E402
 from core.prediction.preprocess import full_res_channels  # noqa: E402
 from core.prediction.refiner import load_refiner, refine  # noqa: E402
 from core.prediction.sites import get_site  # noqa: E402
-from core.prediction.stacking import SOURCE_FILE, coarse_predictions, weights_digest, load_coarse_prediction  # noqa: E402
+from core.prediction.stacking import (SOURCE_FILE, coarse_predictions, load_coarse_prediction,  # noqa: E402
+                                      weights_digest)
 from core.prediction.train import _canonical_from_cache  # noqa: E402
 from core.prediction.train_refiner import RefinerTrainConfig, train_refiner  # noqa: E402
 
@@ -28,13 +29,8 @@ SITE = get_site("hn")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    d = tmp_path_factory.mktemp("okbp_stack")
-    (d / "train").mkdir()
-    for s in (1, 2, 3, 4):
-        write_case(d / "train" / f"pt_{s}.npz", shape=(28, 28, 24), seed=s)
-    build_cache(d / "train", d / "tr.npz")
-    return d / "tr.npz"
+def cache(four_case_cache):
+    return four_case_cache
 
 
 def test_predictions_are_inferences_of_the_named_network_and_refuse_another(cache, tmp_path):
