@@ -239,12 +239,9 @@ def _stacking_mismatch(stacked_on, predictor) -> list:
     corrections may not fit."""
     if not stacked_on:
         return []
-    from core.prediction.stacking import weights_digest
+    from core.prediction.stacking import network_source, same_network
 
-    same = (stacked_on.get("weights_sha256") == weights_digest(predictor.nets)
-            and stacked_on.get("tta") == predictor.default_tta
-            and int(stacked_on.get("tta_framings", 1)) == predictor.tta_framings)
-    return [] if same else [f"the refiner {predictor.refiner_path.name} was trained on the predictions of "
+    return [] if same_network(stacked_on, network_source(predictor)) else [f"the refiner {predictor.refiner_path.name} was trained on the predictions of "
                             "another network or other test-time settings than this model's"]
 
 

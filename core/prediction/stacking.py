@@ -40,11 +40,24 @@ def weights_digest(nets) -> str:
     return h.hexdigest()
 
 
+def network_source(predictor) -> dict:
+    """What a stacked refiner depends on: the network's weights and the test-time settings
+    its predictions were made with."""
+    return {"weights_sha256": weights_digest(predictor.nets), "tta": predictor.default_tta,
+            "tta_framings": predictor.tta_framings}
+
+
+def same_network(a: dict, b: dict) -> bool:
+    """Whether two :func:`network_source` records describe the same predictions."""
+    return all(a.get(k) == b.get(k) for k in ("weights_sha256", "tta", "tta_framings"))
+
+
 def coarse_predictions(model_path, cache_path, out_dir, site: str = "hn", device="cpu", progress=None,
                        cancel=None, log=print) -> dict:
     """Write ``out_dir/<pid>.npz`` (``up``: float16 Gy, the cached crop's shape) for every
     cached case: the network's up-sampled prediction before any refiner. Cases already
-    written for the same network file are kept, so an interrupted run continues.
+    written for the same network and test-time settings are kept, so an interrupted run
+    continues.
     Returns ``{"n_cases", "written", "seconds", "weights_sha256", "dose_score_gy"}``; the
     dose score is the mean absolute error over each body of the cases written now."""
     from core.io.atomic import atomic_save_npz
@@ -57,15 +70,13 @@ def coarse_predictions(model_path, cache_path, out_dir, site: str = "hn", device
     if model_path.is_dir():
         model_path = model_path / "model.pt"
     predictor = DosePredictor(model_path, device, site, refiner=False)
-    digest = weights_digest(predictor.nets)
+    source = {"model": str(model_path), **network_source(predictor)}
+    digest = source["weights_sha256"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     src = out / SOURCE_FILE
-    source = {"model": str(model_path), "weights_sha256": digest, "tta": predictor.default_tta,
-              "tta_framings": predictor.tta_framings}
     if src.exists():
-        was = json.loads(src.read_text())
-        if any(was.get(k) != source[k] for k in ("weights_sha256", "tta", "tta_framings")):
+        if not same_network(json.loads(src.read_text()), source):
             raise InputError("this folder holds another network's predictions (or other test-time settings): "
                              "choose a new folder", out)
     else:
