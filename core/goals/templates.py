@@ -516,7 +516,8 @@ def add_ring_structures(patient, template: ProtocolTemplate) -> list[str]:
     """
     import numpy as np
 
-    from core.optimization.conformity import distance_outside_mm, ring_mask
+    from core.optimization.conformity import distance_outside_mm
+    from core.structures import ring
     from core.patient import Structure, StructureRole
 
     match = template.match_structures(patient.structures)
@@ -539,7 +540,7 @@ def add_ring_structures(patient, template: ProtocolTemplate) -> list[str]:
             continue
         near_targets = all_targets if dist_targets is None else dist_targets <= r.inner_mm
         exclude = near_targets if body is None else (near_targets | ~body)
-        mask = ring_mask(patient.structures[tname].mask, patient.grid, r.inner_mm, r.outer_mm, exclude)
+        mask = ring(patient.structures[tname].mask, patient.grid, r.inner_mm, r.outer_mm) & ~exclude
         rule = {"kind": "ring", "source": tname, "inner_mm": r.inner_mm, "outer_mm": r.outer_mm,
                 "exclude": "targets"}
         patient.add_structure(Structure(r.name, mask, StructureRole.HELPER, (200, 200, 200), True, rule),

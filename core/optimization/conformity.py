@@ -13,7 +13,6 @@ clinical goal. Inside the targets, :func:`homogeneity_limits` caps each voxel at
 prescription plus a few per cent, except where a higher-dose target's fall-off allows
 more (a simultaneous boost must still be able to fall off through the lower target): a
 homogeneous target with a steep edge is what keeps the prescription isodose conformal.
-:func:`ring_mask` builds helper rings (inner/outer mm) for templates.
 """
 
 from __future__ import annotations
@@ -135,18 +134,3 @@ def homogeneity_limits(targets: list[tuple[np.ndarray, float]], grid: Grid, spec
             np.maximum(limit, np.where(lower, spec.limit(rx, r), -np.inf).astype(np.float32), out=limit,
                        where=lower)
     return limit, own
-
-
-def ring_mask(target: np.ndarray, grid: Grid, inner_mm: float, outer_mm: float,
-              exclude: np.ndarray | None = None) -> np.ndarray:
-    """Voxels between ``inner_mm`` and ``outer_mm`` from ``target`` (a helper ring).
-
-    ``exclude`` (e.g. all targets, or outside the body) is removed from the ring.
-    """
-    if not 0 <= inner_mm < outer_mm:
-        raise InputError(f"a ring needs 0 <= inner < outer mm, got {inner_mm} / {outer_mm}")
-    r = distance_outside_mm(target, grid)
-    ring = (r > inner_mm) & (r <= outer_mm) & ~target
-    if exclude is not None:
-        ring &= ~exclude
-    return ring

@@ -70,6 +70,12 @@ def test_rings_are_added_to_a_real_openkbp_case(openkbp_dir):
     for r in ("Ring_PTV70_5_15mm", "Ring_PTV56_10_30mm"):
         m = p.structures[r].mask
         assert m.any() and dist[m].min() > {"Ring_PTV70_5_15mm": 5.0, "Ring_PTV56_10_30mm": 10.0}[r]
+    # the template's ring is the drawing tool's ring of the same distances (one definition of
+    # "5-15 mm from the PTV surface"), less what lies near any target or outside the body
+    from core.structures import ring as drawn_ring
+
+    drawn = drawn_ring(p.structures["PTV70"].mask, p.grid, 5.0, 15.0, external=p.external_mask())
+    assert np.array_equal(ring.mask, drawn & (dist > 5.0))
     assert all(g.structure in p.structures for g in goals)
 
 

@@ -12,7 +12,7 @@ import pytest
 from core.errors import InputError
 from core.geometry import Grid
 from core.goals.goal import ClinicalGoal, GoalKind
-from core.optimization.conformity import FalloffSpec, falloff_limits, homogeneity_limits, ring_mask
+from core.optimization.conformity import FalloffSpec, falloff_limits, homogeneity_limits
 from core.optimization.fluence import OptimizerOptions, optimize_fluence
 
 GRID = Grid((1, 1, 41), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
@@ -56,15 +56,7 @@ def test_bad_input():
     with pytest.raises(InputError):
         FalloffSpec(start=0.5, end=0.8)
     with pytest.raises(InputError):
-        ring_mask(_line(0, 5), GRID, 10.0, 5.0)
-    with pytest.raises(InputError):
         OptimizerOptions(homogeneity_pct=-2.0)
-
-
-def test_ring_mask_lies_between_its_distances():
-    ring = ring_mask(_line(0, 5), GRID, 3.0, 9.0)
-    # voxels 2 mm (5) ... 10 mm (9) from the target: 4 mm (6), 6 mm (7), 8 mm (8)
-    assert np.flatnonzero(ring[0, 0]).tolist() == [6, 7, 8]
 
 
 def _ci_and_d2(toy, weights):
