@@ -241,8 +241,10 @@ def _stacking_mismatch(stacked_on, predictor) -> list:
         return []
     from core.prediction.stacking import network_source, same_network
 
-    return [] if same_network(stacked_on, network_source(predictor)) else [f"the refiner {predictor.refiner_path.name} was trained on the predictions of "
-                            "another network or other test-time settings than this model's"]
+    if same_network(stacked_on, network_source(predictor)):
+        return []
+    return [f"the refiner {predictor.refiner_path.name} was trained on the predictions of "
+            "another network or other test-time settings than this model's"]
 
 
 def _framed(x: np.ndarray, offset: int, multiple: int) -> np.ndarray:

@@ -166,7 +166,8 @@ def train_refiner(cache_path, out_dir, cfg: RefinerTrainConfig | None = None, re
     if resume and ck.exists():
         blob = torch.load(ck, map_location=device, weights_only=False)
         was = blob.get("config", {})
-        if int(was.get("width", cfg.width)) != cfg.width or tuple(was.get("dilations", cfg.dilations)) != tuple(cfg.dilations):
+        if (int(was.get("width", cfg.width)) != cfg.width
+                or tuple(was.get("dilations", cfg.dilations)) != tuple(cfg.dilations)):
             raise InputError(f"this checkpoint is a refiner of width {was.get('width')} and dilations "
                              f"{tuple(was.get('dilations', ()))}: resume it with the same settings", ck)
         net.load_state_dict(blob["model"])

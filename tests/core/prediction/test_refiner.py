@@ -155,7 +155,8 @@ def test_install_ships_the_refiner_and_the_measured_flip_setting(tmp_path):
     from .test_model_io import tiny_model
 
     tiny_model(tmp_path / "run")
-    save_refiner(tmp_path / "r.pt", build_refiner(RefinerConfig(11, 4, (1,))), {"pool": POOL, "reference_dose_gy": 70.0})
+    save_refiner(tmp_path / "r.pt", build_refiner(RefinerConfig(11, 4, (1,))),
+                 {"pool": POOL, "reference_dose_gy": 70.0})
     score = {"dose_score_gy": 3.0, "dvh_score_gy": 2.0, "n_patients": 1}
     result = {"predict": score, "prescription": {**score, "dose_score_gy": 4.0}, "tta": True, "tta_framings": 2,
               "seconds_per_case": {"mean": 1.0, "median": 1.0, "max": 1.0}, "device": "cpu",
