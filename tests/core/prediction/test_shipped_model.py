@@ -9,7 +9,7 @@ installed there. Inference speed (15 s a case on this CPU) is measured by
 The shipped model (the U-Net's weights averaged over epochs 112-126, its full-resolution
 refiner trained on this network's own predictions of the training cases, the left-right
 test-time flip of both and two framings of the input, all applied by default) meets the
-3.0 Gy target on this case (2.65 Gy) but not yet over the validation split (3.05 Gy, see
+3.0 Gy target on this case (2.66 Gy) but not yet over the validation split (3.03 Gy, see
 MODEL_CARD.md). With the refiner trained only on reference doses it scored 2.70 Gy here and
 3.18 Gy over the split. A regression guard holds the shipped model to what it measured here,
 so a worse model cannot be installed silently.
@@ -28,7 +28,7 @@ from core.prediction.scores import dose_score  # noqa: E402
 DOSE_SCORE_TARGET_GY = 3.0
 #: What the shipped model measured on this case when it was installed (MODEL_CARD.md), plus
 #: 0.05 Gy for floating-point and thread-count differences between machines.
-SHIPPED_DEMO_SCORE_GY = 2.65 + 0.05
+SHIPPED_DEMO_SCORE_GY = 2.66 + 0.05
 
 
 @pytest.fixture(scope="module")
