@@ -493,8 +493,10 @@ def load_plan_state(folder, patient=None, device="cpu") -> PlanState:
 
         from core.dose.influence import DoseInfluence
 
-        m = torch.sparse_csr_tensor(torch.as_tensor(a["dij_crow"]), torch.as_tensor(a["dij_col"]),
-                                    torch.as_tensor(a["dij_val"]), size=tuple(int(s) for s in a["dij_shape"]))
+        from core.dose.csr import csr_tensor
+
+        m = csr_tensor(torch.as_tensor(a["dij_crow"]), torch.as_tensor(a["dij_col"]), torch.as_tensor(a["dij_val"]),
+                       tuple(int(s) for s in a["dij_shape"]))
         dij = DoseInfluence(m.to(device), a["dij_voxel_index"], grid, a["beamlet_beam"], a["beamlet_pos_mm"],
                             tuple(float(s) for s in a["beamlet_size_mm"]), beams, patient.grid)
     return PlanState(a["weights_mu"], beams, grid, a["beamlet_beam"], a["beamlet_pos_mm"],

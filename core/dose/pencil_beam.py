@@ -686,7 +686,9 @@ def _assemble_csr(blocks, n_rows: int, n_cols: int, device):
         col_out[p] = cols.to(idx_dtype)
         val_out[p] = vals
         start.index_add_(0, uniq, cnt)
-    return torch.sparse_csr_tensor(crow.to(idx_dtype), col_out, val_out, size=(n_rows, n_cols))
+    from core.dose.csr import csr_tensor
+
+    return csr_tensor(crow.to(idx_dtype), col_out, val_out, (n_rows, n_cols))
 
 
 register_engine(SvdPencilBeamEngine.key, SvdPencilBeamEngine)

@@ -314,10 +314,11 @@ def _from_scipy_csr(csr, device):
     # int32 indices take torch's MKL / cuSPARSE path: ~5x faster matvecs than int64 on CPU
     it = np.int32 if csr.nnz < 2 ** 31 - 1 else np.int64
     # copy=False: on the CPU the tensor shares the arrays of ``csr`` (no second copy)
-    return torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(it, copy=False)),
-                                   torch.from_numpy(csr.indices.astype(it, copy=False)),
-                                   torch.from_numpy(csr.data.astype(np.float32, copy=False)),
-                                   size=csr.shape, device=device)
+    from core.dose.csr import csr_tensor
+
+    return csr_tensor(torch.from_numpy(csr.indptr.astype(it, copy=False)),
+                      torch.from_numpy(csr.indices.astype(it, copy=False)),
+                      torch.from_numpy(csr.data.astype(np.float32, copy=False)), csr.shape, device)
 
 
 
