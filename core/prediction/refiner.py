@@ -14,8 +14,8 @@ errors added at the coarse scale: so it learns to restore resolution from anatom
 whatever the coarse model. Optionally (:mod:`core.prediction.stacking`) most samples are
 the coarse network's own predictions of the training cases instead, their errors
 amplified a little because the network fits its training cases better than new patients:
-then it also learns that network's systematic mistakes (the shipped refiner; it lowered
-the validation dose score from 3.18 to 3.05 Gy) and belongs to that network. See
+then it also learns that network's systematic mistakes (the shipped refiner; its scores
+are in the model card) and belongs to that network. See
 :mod:`core.prediction.train_refiner`.
 """
 
