@@ -60,7 +60,11 @@ def register(subparsers) -> None:
     p.add_argument("--patch", type=int, default=48, help="refiner: patch size in voxels (default 48)")
     p.add_argument("--width", type=int, default=16, help="refiner: channels per layer (default 16)")
     p.add_argument("--dilations", default="1,2,4,2,1", help="refiner: dilation of each 3x3x3 layer")
-    p.add_argument("--lr", type=float, default=1e-3, help="refiner: peak learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default 3e-4 for the network, 1e-3 for the refiner)")
+    p.add_argument("--init-model", default=None, metavar="MODEL",
+                   help="network: start a new run from this model's weights (same inputs and shape), with a "
+                        "fresh optimiser and its own schedule")
     p.add_argument("--stacked-on", default=None, metavar="NETWORK",
                    help="refiner: also train on this coarse network's own predictions of the training cases "
                         "(written once to MODEL/stacked/); the refiner then belongs to that network")
@@ -102,6 +106,12 @@ def run(args) -> int:
     from core.prediction.train import TrainConfig, train
 
     site = get_site(args.site)
+    if args.lr is not None and not args.lr > 0:
+        raise InputError(f"--lr must be positive, got {args.lr:g}")
+    if args.init_model and args.resume:
+        raise InputError("--init-model starts a new run; --resume continues one: choose one")
+    if args.init_model and not Path(args.init_model).exists():
+        raise InputError("the model to start from does not exist", args.init_model)
     refiner_cfg = _refiner_config(args, site) if args.stage == "refiner" else None
     data = Path(args.data)
     if not (data / "train").is_dir() or not (data / "validation").is_dir():
@@ -128,7 +138,9 @@ def run(args) -> int:
     alpha = 1.0 if args.alpha is None else args.alpha
     cfg = TrainConfig(site=site.key, epochs=args.epochs, time_budget_min=args.time_budget_min, seed=args.seed,
                       n_val=args.n_val, threads=args.threads, alpha=alpha, augment=not args.no_augment,
-                      limit_train=args.limit_train, pool=pool, unet=preset)
+                      limit_train=args.limit_train, pool=pool, unet=preset,
+                      **({} if args.lr is None else {"lr": args.lr}),
+                      init_from=str(args.init_model) if args.init_model else None)
     _log(f"device {device}, recipe {size}: pool {pool}, network {preset}")
     if args.extend_epochs and not args.resume:
         raise InputError("--extend-epochs needs --resume (it extends an existing run)")
@@ -162,7 +174,8 @@ def _refiner_config(args, site):
         raise InputError("the refiner to start from does not exist", args.init_refiner)
     stacked = args.stacked_on is not None
     return RefinerTrainConfig(site=site.key, steps=args.steps, patch=args.patch, width=args.width, dilations=dil,
-                              lr=args.lr, seed=args.seed, threads=args.threads, limit_train=args.limit_train,
+                              lr=1e-3 if args.lr is None else args.lr, seed=args.seed, threads=args.threads,
+                              limit_train=args.limit_train,
                               alpha=1.0 if args.alpha is None else args.alpha,
                               stacked_dir=str(Path(args.out) / "stacked") if stacked else None,
                               p_stacked=args.p_stacked if stacked else 0.0,

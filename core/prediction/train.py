@@ -64,6 +64,7 @@ class TrainConfig:
     limit_train: int | None = None
     loss: str = "mse"
     snapshots: bool = False   # keep every epoch's weights (snapshots/epoch_NNN.pt)
+    init_from: str | None = None  # model file whose weights a new run starts from
 
 
 # --------------------------------------------------------------------------------------
@@ -256,6 +257,22 @@ def _lr_at(step: int, total: int, cfg: TrainConfig, phases=None) -> float:
     return cfg.lr_min + 0.5 * (lr_max - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
 
 
+def _load_start_weights(net, path, site: SiteSpec, pool: int) -> None:
+    """Copy a model file's weights into ``net``: a new run that starts where another model
+    ended (fresh optimiser, its own schedule), e.g. a second ensemble member branched off
+    the shipped one at a higher learning rate. :class:`ModelError` unless the file was
+    trained for the same inputs and network shape."""
+    from core.errors import ModelError
+    from core.prediction.model_io import load_model
+
+    src, meta = load_model(path, "cpu", site=site.key)
+    if list(meta.get("channels", [])) != channel_names(site) or int(meta.get("pool", POOL)) != pool:
+        raise ModelError("the model to start from was trained for other inputs", path)
+    if src.config != net.config:
+        raise ModelError("the model to start from has another network shape than this run's", path)
+    net.load_state_dict(src.state_dict())
+
+
 def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, cfg: TrainConfig,
           resume: bool = False, device="cpu", progress=None, cancel=None, log=None,
           extend_epochs: int = 0, extend_lr: float | None = None, loss: str | None = None,
@@ -270,7 +287,9 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
     ``alpha`` likewise overrides the structures' loss weight (0: every body voxel counts
     the same, as in the OpenKBP dose score). ``snapshots=True`` keeps every epoch's weights
     as ``snapshots/epoch_NNN.pt`` (model files, for :mod:`core.prediction.average`), from
-    here on and in later resumes (it is stored with the run's settings).
+    here on and in later resumes (it is stored with the run's settings). A new run with
+    ``cfg.init_from`` (a model file) starts from that model's weights, with a fresh
+    optimiser and its own schedule.
 
     Returns ``{"epochs", "best_val_loss", "best_dose_score_gy", "best_dvh_score_gy", "seconds"}``
     (``best_val_loss`` is the best validation dose score, Gy).
@@ -316,6 +335,9 @@ def train(train_cache: str | Path, val_cache: str | Path, out_dir: str | Path, c
     chans = channel_names(site)
     ucfg = UNetConfig(in_channels=len(chans), out_channels=1, **cfg.unet)
     net = CADUNet(ucfg).to(device)
+    if state is None and cfg.init_from:
+        _load_start_weights(net, cfg.init_from, site, cfg.pool)
+        log(f"starting from the weights of {cfg.init_from}")
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     t_load = time.perf_counter()

@@ -194,3 +194,43 @@ def test_snapshots_average_into_a_model_with_the_mean_weights(caches, tmp_path):
         average_models([snaps[0], tmp_path / "other" / "model.pt"], tmp_path / "bad")
     assert not (tmp_path / "bad" / "model.pt").exists()
     assert average_main([str(tmp_path / "bad"), str(snaps[0]), str(tmp_path / "other" / "model.pt")]) == 2
+
+
+def test_a_new_run_can_start_from_a_trained_model(caches, tmp_path):
+    from core.errors import ModelError
+    from core.prediction.model_io import load_model
+
+    base = TrainConfig(epochs=1, n_val=1, seed=4, unet=TINY, threads=1, loss="l1")
+    train(caches / "tr.npz", caches / "va.npz", tmp_path / "first", TrainConfig(**{**asdict(base), "seed": 5}))
+    src, _ = load_model(tmp_path / "first" / "model.pt")
+    # at a vanishing learning rate the branched run ends where its start model was, while a
+    # run from scratch with the same seed does not: the weights were copied, not re-drawn
+    still = {**asdict(base), "lr": 1e-12, "lr_min": 1e-12}
+    train(caches / "tr.npz", caches / "va.npz", tmp_path / "branch", TrainConfig(
+        **{**still, "init_from": str(tmp_path / "first" / "model.pt")}))
+    train(caches / "tr.npz", caches / "va.npz", tmp_path / "scratch", TrainConfig(**still))
+    branch, meta = load_model(tmp_path / "branch" / "model.pt")
+    scratch, _ = load_model(tmp_path / "scratch" / "model.pt")
+    for name, w in src.state_dict().items():
+        np.testing.assert_allclose(branch.state_dict()[name].numpy(), w.numpy(), rtol=0, atol=1e-6)
+    assert any(not np.allclose(scratch.state_dict()[k].numpy(), w.numpy(), atol=1e-3)
+               for k, w in src.state_dict().items())
+    assert meta["info"]["train_config"]["init_from"] == str(tmp_path / "first" / "model.pt")
+    with pytest.raises(ModelError):
+        train(caches / "tr.npz", caches / "va.npz", tmp_path / "wide", TrainConfig(
+            **{**still, "unet": {**TINY, "base_channels": 6}, "init_from": str(tmp_path / "first" / "model.pt")}))
+    assert not (tmp_path / "wide" / "model.pt").exists()
+
+
+def test_openatp_train_refuses_contradictory_start_options(tmp_path, capsys):
+    from app.cli import main
+
+    base = ["train", "--site", "hn", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert main(base + ["--init-model", str(tmp_path / "none.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "m.pt").write_bytes(b"")
+    assert main(base + ["--init-model", str(tmp_path / "m.pt"), "--resume"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(base + ["--lr", "0"]) == 2
+    assert "--lr" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
