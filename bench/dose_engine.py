@@ -87,7 +87,8 @@ def worker(grid_mm: float, device: str, threads: int) -> dict:
     s_fwd, g_fwd = gamma(fwd)
     return {"grid_mm": grid_mm, "device": device, "threads": threads,
             "dij": {"seconds": round(t_dij, 2), "nnz": int(dij.meta["nnz"]),
-                    "shape": list(dij.matrix.shape), "timings_s": {k: round(v, 2) for k, v in dij.meta["timings_s"].items()},
+                    "shape": list(dij.matrix.shape),
+                    "timings_s": {k: round(v, 2) for k, v in dij.meta["timings_s"].items()},
                     "peak_rss_mib": round(peak_dij, 1), "rss_before_mib": round(base_mib, 1),
                     "gpu_peak_alloc_mib": None if gpu_peak is None else round(gpu_peak, 1),
                     "matvec_seconds": round(t_mv, 3),

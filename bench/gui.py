@@ -138,7 +138,8 @@ def bench_scroll(quick: bool) -> dict:
         grid, hu, structs, dose = synthetic_study()
         p = Patient("synthetic_512", grid, CtImage(hu, grid))
         for i, (name, m) in enumerate(structs.items()):
-            p.add_structure(Structure(name, m, StructureRole.TARGET if name == "S5" else StructureRole.OAR, default_color(i)))
+            p.add_structure(Structure(name, m, StructureRole.TARGET if name == "S5" else StructureRole.OAR,
+                                      default_color(i)))
         p.doses["reference"] = Dose(dose, grid, "reference")
         cases["synthetic_512x512x150"] = p
     for key, patient in cases.items():

@@ -55,7 +55,8 @@ def _influence(args, name, patient, beams, dose_grid_mm):
         z = np.load(path)
         m = torch.sparse_csr_tensor(torch.from_numpy(z["crow"]), torch.from_numpy(z["col"]),
                                     torch.from_numpy(z["val"]), size=tuple(z["shape"]))
-        return DoseInfluence(matrix=m, voxel_index=z["voxel_index"], grid=Grid.from_dict(ast.literal_eval(str(z["grid"]))),
+        return DoseInfluence(matrix=m, voxel_index=z["voxel_index"],
+                             grid=Grid.from_dict(ast.literal_eval(str(z["grid"]))),
                              beamlet_beam=z["beamlet_beam"], beamlet_pos_mm=z["beamlet_pos_mm"],
                              beamlet_size_mm=tuple(z["beamlet_size_mm"])), float(z["time_s"])
     t = time.perf_counter()
@@ -115,7 +116,8 @@ def bench_tg119(args) -> dict:
 
     def quality(dose):
         t_v, c_v = structure_doses(dose, tgt), structure_doses(dose, core)
-        return {"target_D95": round(dose_at_volume_pct(t_v, 95), 3), "target_D10": round(dose_at_volume_pct(t_v, 10), 3),
+        return {"target_D95": round(dose_at_volume_pct(t_v, 95), 3),
+                "target_D10": round(dose_at_volume_pct(t_v, 10), 3),
                 "target_D5": round(dose_at_volume_pct(t_v, 5), 3), "target_max": round(float(t_v.max()), 3),
                 "core_D10": round(dose_at_volume_pct(c_v, 10), 3), "core_mean": round(float(c_v.mean()), 3),
                 "CI_vantRiet_95pct": round(conformity_paddick(dose, tgt, 0.95 * 50.0, body), 4),

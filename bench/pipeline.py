@@ -98,7 +98,8 @@ def summarize(rows: list) -> dict:
     d95 = [r["plan"].get("PTV70_D95") for r in ok if "PTV70_D95" in r["plan"]]
     summary["ptv70_d95_ge_95pct"] = sum(v >= 0.95 * 70.0 for v in d95)
     summary["ptv70_d95_ge_70"] = sum(v >= 70.0 - 1e-3 for v in d95)
-    summary["ptv70_d95_gy"] = {"mean": round(float(np.mean(d95)), 2), "min": round(float(np.min(d95)), 2)} if d95 else None
+    summary["ptv70_d95_gy"] = ({"mean": round(float(np.mean(d95)), 2), "min": round(float(np.min(d95)), 2)}
+                               if d95 else None)
     summary["max_le_110pct"] = sum(r["max_pct"] <= 110.0 + 1e-6 for r in ok)
     summary["max_pct"] = {"mean": round(float(np.mean([r["max_pct"] for r in ok])), 2),
                           "max": round(float(np.max([r["max_pct"] for r in ok])), 2)}
@@ -107,7 +108,8 @@ def summarize(rows: list) -> dict:
         pairs = [(r["plan"][key], r["reference"][key]) for r in ok if key in r["plan"] and key in r["reference"]]
         if pairs:
             a, b = np.array(pairs).T
-            oar[key] = {"n": len(pairs), "plan_mean": round(float(a.mean()), 2), "clinical_mean": round(float(b.mean()), 2),
+            oar[key] = {"n": len(pairs), "plan_mean": round(float(a.mean()), 2),
+                        "clinical_mean": round(float(b.mean()), 2),
                         "plan_le_clinical_cases": int((a <= b + 1e-6).sum())}
     for o, lim in OARS_MAX.items():
         key = f"{o}_D0.03cc"

@@ -20,7 +20,8 @@ def resolve_device(spec: str = "auto"):
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for, but no CUDA GPU is available on this machine; use --device cpu or auto")
+            raise InputError("--device cuda was asked for, but no CUDA GPU is available on this machine; "
+                             "use --device cpu or auto")
         return torch.device(spec)
     raise InputError(f"unknown device '{spec}'; use cpu, cuda or auto")
 

@@ -124,9 +124,11 @@ class Prescription:
         if not np.isfinite(self.dose_gy) or self.dose_gy <= 0:
             raise InputError(f"prescription to '{self.structure}': dose must be positive, got {self.dose_gy} Gy")
         if int(self.fractions) != self.fractions or self.fractions < 1:
-            raise InputError(f"prescription to '{self.structure}': fractions must be a positive integer, got {self.fractions}")
+            raise InputError(f"prescription to '{self.structure}': fractions must be a positive integer, "
+                             f"got {self.fractions}")
         if self.dose_gy / self.fractions > 30:
-            raise InputError(f"prescription to '{self.structure}': {self.dose_gy / self.fractions:.1f} Gy per fraction is not plausible")
+            raise InputError(f"prescription to '{self.structure}': {self.dose_gy / self.fractions:.1f} Gy per fraction "
+                             "is not plausible")
         object.__setattr__(self, "fractions", int(self.fractions))
 
     @property
@@ -201,7 +203,8 @@ class Patient:
 
     def add_structure(self, s: Structure, replace: bool = False) -> None:
         if s.mask.shape != self.grid.shape:
-            raise GeometryError(f"structure '{s.name}' mask {s.mask.shape} does not match the patient grid {self.grid.shape}")
+            raise GeometryError(f"structure '{s.name}' mask {s.mask.shape} does not match the patient grid "
+                                f"{self.grid.shape}")
         if s.name in self.structures and not replace:
             raise InputError(f"a structure named '{s.name}' already exists")
         self.structures[s.name] = s

@@ -153,7 +153,8 @@ class DvhPlot(QWidget):
                 p.setPen(grid_color)
                 p.drawLine(QPointF(r.left(), y), QPointF(r.right(), y))
                 p.setPen(text_color)
-                p.drawText(QRectF(0, y - 7, r.left() - 4, 14), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{v}")
+                p.drawText(QRectF(0, y - 7, r.left() - 4, 14),
+                           Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{v}")
             p.drawText(QRectF(r.left(), r.bottom() + 16, r.width(), 16), Qt.AlignmentFlag.AlignHCenter, "Dose (Gy)")
             p.save()
             p.translate(12, r.center().y())

@@ -64,7 +64,8 @@ class StructureList(QWidget):
         self.tree.setRootIsDecorated(False)
         self.tree.setUniformRowHeights(True)
         self.tree.itemChanged.connect(self._on_item_changed)
-        self.tree.itemDoubleClicked.connect(lambda it, _c: self.structureActivated.emit(it.data(0, Qt.ItemDataRole.UserRole)))
+        self.tree.itemDoubleClicked.connect(
+            lambda it, _c: self.structureActivated.emit(it.data(0, Qt.ItemDataRole.UserRole)))
         lay.addWidget(self.tree)
 
     def set_volumes(self, volumes_cc: dict) -> None:

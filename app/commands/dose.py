@@ -77,7 +77,8 @@ def run(args) -> int:
     timings = {}
     t0 = time.perf_counter()
     if args.fluence != "open":
-        raise InputError(f"--fluence '{args.fluence}' is not supported here: use 'open' (optimised fluence comes from 'openatp plan')")
+        raise InputError(f"--fluence '{args.fluence}' is not supported here: use 'open' "
+                         "(optimised fluence comes from 'openatp plan')")
     beams = parse_beams(args.beams)          # bad syntax fails before the patient is loaded
     device = resolve_device(args.device)
     machine = get_machine(args.machine)

@@ -4,7 +4,8 @@ Drawn and edited structures go into the session's patient as soon as an edit is 
 (so a plan, the RTSTRUCT export and the DVHs see them); new structures are helpers by
 default. A structure made here joins the patient only once it holds voxels, and leaves it
 again if it is erased to nothing: an empty structure is reported, never offered as a goal
-target or exported. Structures that came with the patient stay in it even when emptied. Messages of the editor (cropped to the body, nothing to undo, empty structure)
+target or exported. Structures that came with the patient stay in it even when emptied.
+Messages of the editor (cropped to the body, nothing to undo, empty structure)
 reach the planner through the status bar. Handlers ``contouring.*`` of the action table
 live here.
 """

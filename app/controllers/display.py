@@ -52,7 +52,8 @@ def dvh_task(patient, plans, reference_gy: float, progress=None, cancel=None):
             vals = structure_doses(dose_gy, s.mask)
             rx = patient.prescription_for(s.name)
             rx_gy = rx.dose_gy if rx is not None else reference_gy
-            v95 = volume_at_dose_pct(vals, 0.95 * rx_gy) if (s.role is StructureRole.TARGET and rx_gy > 0) else float("nan")
+            v95 = (volume_at_dose_pct(vals, 0.95 * rx_gy) if (s.role is StructureRole.TARGET and rx_gy > 0)
+                   else float("nan"))
             rows.append([s.name, label, ep["volume_cc"], ep["D95"], ep["D2"], ep["mean"], ep["max"], float(v95)]
                         + [float(volume_at_dose_pct(vals, v)) for v in V_LEVELS_GY])
             n += 1
@@ -137,7 +138,8 @@ class DisplayController(QObject):
         except Exception:  # noqa: BLE001 - no body outline: fit the whole grid instead
             body = None
         self.model.set_focus_mask(body)
-        self.ws.window.structure_list.set_volumes({s.name: s.volume_cc(patient.grid) for s in patient.structures.values()})
+        self.ws.window.structure_list.set_volumes({s.name: s.volume_cc(patient.grid)
+                                                   for s in patient.structures.values()})
         g = patient.grid
         self.ws.window.set_status(patient=f"{patient.patient_id}  ·  {g.shape[0]}×{g.shape[1]}×{g.shape[2]}  "
                                           f"{'/'.join(f'{s:.2g}' for s in g.spacing_mm)} mm")
@@ -159,7 +161,8 @@ class DisplayController(QObject):
                 changed = True
         if changed:
             self.model.set_structures(layers.values())
-        self.ws.window.structure_list.set_volumes({s.name: s.volume_cc(patient.grid) for s in patient.structures.values()})
+        self.ws.window.structure_list.set_volumes({s.name: s.volume_cc(patient.grid)
+                                                   for s in patient.structures.values()})
 
     def _start_dvh_if_patient(self) -> None:
         if self.ws.session.has_patient:

@@ -161,7 +161,8 @@ class PatientController(QObject):
                 self.ws.notify(w)
 
         return self.ws.runner.run("Loading dose", load_dose_task, path, session.patient,
-                                  on_success=done, on_failure=lambda e: self.ws.show_error(e, "Could not open the dose"))
+                                  on_success=done,
+                                  on_failure=lambda e: self.ws.show_error(e, "Could not open the dose"))
 
     # -- goals ----------------------------------------------------------------------------------
     def open_goals_dialog(self) -> None:

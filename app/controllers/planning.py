@@ -202,7 +202,8 @@ class PlanningController(QObject):
         session = self.ws.session
         session.set_state("building goals…")
         return self.ws.runner.run("Building goals", goals_task, session.patient, session.site, session.predicted,
-                                  True, on_success=self._on_goals_built, on_failure=self._failed("Building goals failed"),
+                                  True, on_success=self._on_goals_built,
+                                  on_failure=self._failed("Building goals failed"),
                                   on_cancel=lambda _e: self.ws.session.set_state("building goals cancelled"))
 
     def load_template(self, site: str):
@@ -212,7 +213,8 @@ class PlanningController(QObject):
         session = self.ws.session
         session.set_state(f"loading template '{site}'…")
         return self.ws.runner.run("Loading template", goals_task, session.patient, site, None, False,
-                                  on_success=self._on_goals_built, on_failure=self._failed("Loading the template failed"),
+                                  on_success=self._on_goals_built,
+                                  on_failure=self._failed("Loading the template failed"),
                                   on_cancel=lambda _e: self.ws.session.set_state("loading template cancelled"))
 
     def optimize(self):

@@ -20,7 +20,8 @@ with leaf tips and leaf-pair boundaries the representation is exact; for the gen
 case :func:`fluence_on_grid` gives the segments' own fluence map for an engine that takes
 fluence maps (measured, pencil-beam engine, water: 0.6 % of the maximum dose apart with
 beamlet rows on the leaf pairs, tests/core/delivery/test_engine_dose.py; 3 % with rows
-straddling the leaf pairs, as a lattice centred on the isocentre has them). Leaf transmission and tongue-and-groove are not modelled (stated,
+straddling the leaf pairs, as a lattice centred on the isocentre has them). Leaf transmission
+and tongue-and-groove are not modelled (stated,
 not hidden: together they change IMRT doses by ~1-3 %).
 """
 

@@ -115,7 +115,8 @@ class Beam:
         for name in ("gantry_deg", "collimator_deg"):
             v = float(getattr(self, name))
             if not np.isfinite(v) or v < 0 or v >= 360:
-                raise InputError(f"{name.replace('_deg', '')} angle must lie in 0-360 degrees (0 included, 360 not), got {v:g}")
+                raise InputError(f"{name.replace('_deg', '')} angle must lie in 0-360 degrees (0 included, 360 not), "
+                                 f"got {v:g}")
             object.__setattr__(self, name, v)
         couch = float(self.couch_deg)
         if not np.isfinite(couch) or abs(couch) >= 360:
@@ -253,7 +254,8 @@ class BeamSet:
                 idx = np.round(patient.grid.patient_to_index(np.asarray(iso))[0]).astype(int)
                 inside = np.all(idx >= 0) and np.all(idx < np.asarray(patient.grid.shape)) and bool(body[tuple(idx)])
                 if not inside:
-                    raise GeometryError(f"beam {i + 1}: isocentre ({iso[0]:.1f}, {iso[1]:.1f}, {iso[2]:.1f}) mm lies outside the body")
+                    raise GeometryError(f"beam {i + 1}: isocentre ({iso[0]:.1f}, {iso[1]:.1f}, {iso[2]:.1f}) mm "
+                                        "lies outside the body")
             out.append(replace(b, isocenter_mm=tuple(float(v) for v in iso)))
         return BeamSet(tuple(out), self.name, self.meta)
 
@@ -368,7 +370,8 @@ def parse_beams(spec: str) -> BeamSet:
                 raise InputError(f"--beams: beam {i + 1}: '{item}' is not key=value")
             key, val = (s.strip() for s in item.split("=", 1))
             if key.lower() not in _INLINE_KEYS:
-                raise InputError(f"--beams: beam {i + 1}: unknown key '{key}' (use {', '.join(sorted(set(_INLINE_KEYS)))})")
+                raise InputError(f"--beams: beam {i + 1}: unknown key '{key}' "
+                                 f"(use {', '.join(sorted(set(_INLINE_KEYS)))})")
             name = _INLINE_KEYS[key.lower()]
             if name in kw:
                 raise InputError(f"--beams: beam {i + 1}: '{key}' given twice")

@@ -173,7 +173,8 @@ def compute_influence(patient, beams, beamlet_mm: float = 5.0, dose_grid_mm=None
 
     dev = resolve_device(device)
     eng = get_engine(engine or DEFAULT_ENGINE, **(engine_options or {}))
-    beams = beams.resolve(patient, target_names, max_field_mm=getattr(getattr(eng, "machine", None), "max_field_mm", None))
+    beams = beams.resolve(patient, target_names,
+                          max_field_mm=getattr(getattr(eng, "machine", None), "max_field_mm", None))
     return eng.influence(patient, beams, beamlet_mm=beamlet_mm, dose_grid=dose_grid_mm, target_names=target_names,
                          margin_mm=margin_mm, device=dev, beamlets=beamlets, progress=progress, cancel=cancel)
 

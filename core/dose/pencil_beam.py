@@ -590,7 +590,8 @@ class SvdPencilBeamEngine:
                     valid = valid_f.view(valid.shape)
                     val = torch.where(small, torch.full_like(val, thr), val)
                 ccols = torch.where(valid, col, big)
-                blocks.append(_sorted_rows(vs[cr], torch.cat([ccols, tcols[cr]], 1), torch.cat([val, tvals[cr]], 1), big))
+                blocks.append(_sorted_rows(vs[cr], torch.cat([ccols, tcols[cr]], 1),
+                                           torch.cat([val, tvals[cr]], 1), big))
             nc = torch.nonzero(~incore).reshape(-1)
             if nc.numel() and S:
                 blocks.append(_sorted_rows(vs[nc], tcols[nc], tvals[nc], big))

@@ -68,7 +68,8 @@ def goals_from_dose(goals, dose_gy: np.ndarray, masks: dict, voxel_cc: float) ->
         if m is None:
             raise InputError(f"'{g.label}': no structure named '{g.structure}' (have: {', '.join(masks) or 'none'})")
         if m.shape != dose_gy.shape:
-            raise GeometryError(f"structure '{g.structure}' {m.shape} and the dose {dose_gy.shape} are on different grids")
+            raise GeometryError(f"structure '{g.structure}' {m.shape} and the dose {dose_gy.shape} "
+                                "are on different grids")
         vals = dose_gy[m]
         if vals.size == 0:
             warnings.append(f"'{g.label}': structure '{g.structure}' is empty; the goal keeps its value")

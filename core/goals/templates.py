@@ -326,7 +326,8 @@ class ProtocolTemplate:
         for r in d.get("rings", []):
             if not isinstance(r, dict) or set(r) - _RING_KEYS or not {"name", "target", "inner_mm", "outer_mm",
                                                                        "priority", "max_dose_pct"} <= set(r):
-                raise bad(f"a ring needs exactly {', '.join(sorted(_RING_KEYS - {'cite'}))} (and optional cite), got {r}")
+                raise bad(f"a ring needs exactly {', '.join(sorted(_RING_KEYS - {'cite'}))} (and optional cite), "
+                          f"got {r}")
             if r["target"] not in structures or structures[r["target"]].role != "TARGET":
                 raise bad(f"ring '{r['name']}': '{r['target']}' is not a target of this template")
             try:

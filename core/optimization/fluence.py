@@ -160,7 +160,8 @@ class OptimizerOptions:
 
     def __post_init__(self):
         if not 100.0 <= self.max_dose_pct <= 150.0:
-            raise InputError(f"the maximum-dose limit must lie in 100 ... 150 % of the prescription, got {self.max_dose_pct}")
+            raise InputError(f"the maximum-dose limit must lie in 100 ... 150 % of the prescription, "
+                             f"got {self.max_dose_pct}")
         if self.constraint_weight <= 0 or self.level_maxiter < 1 or self.final_maxiter < 0:
             raise InputError("optimizer weights and iteration limits must be positive")
         if self.far_stride < 1:
@@ -1122,7 +1123,8 @@ def _optimize_fluence(dij, goals, masks_dij, rx_by_target, opts, warm_start, dev
                         constraints.append([i, ach[i] * (1 + opts.alara_slack_pct / 100.0), False, ach[i]])
                     elif is_met(t.goal, ach[i]) and i in stretch:
                         # what the stretch won is kept (with the ALARA slack), never looser than the goal
-                        held = min(_tighten(t.goal, t.goal.value, opts.margin_pct), ach[i] * (1 + opts.alara_slack_pct / 100.0))
+                        held = min(_tighten(t.goal, t.goal.value, opts.margin_pct),
+                                   ach[i] * (1 + opts.alara_slack_pct / 100.0))
                         constraints.append([i, held, True, ach[i]])
                     elif is_met(t.goal, ach[i]):
                         constraints.append([i, _tighten(t.goal, t.goal.value, opts.margin_pct), True, ach[i]])
@@ -1307,7 +1309,8 @@ def _reaim_on_patient_grid(result: OptimizationResult, out: dict, goals: list, o
     except Cancelled:
         return result
     out2 = {**out2, "time_s": out["time_s"] + out2["time_s"], "iterations": out["iterations"] + out2["iterations"],
-            "levels": out["levels"] + [{"priority": "re-aim", "goals": [g.label for g in short.values()]}] + out2["levels"],
+            "levels": out["levels"] + [{"priority": "re-aim", "goals": [g.label for g in short.values()]}]
+                      + out2["levels"],
             "warnings": out["warnings"] + [w for w in out2["warnings"] if w not in out["warnings"]]}
     second = pack(out2)
     second.warm_start = result.warm_start

@@ -25,7 +25,8 @@ def test_screenshot_of_demo_patient_is_not_blank(tmp_path, demo_case, qapp):
     out = tmp_path / "shot.png"
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", OPENATP_SETTINGS_DIR=str(tmp_path))
     r = subprocess.run([sys.executable, "main.py", "gui", str(demo_case), "--screenshot", str(out),
-                        "--size", "1200x800", "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+                        "--size", "1200x800", "--device", "cpu"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     rgb = _png_rgb(out)
     assert rgb.shape[:2] == (800, 1200)
@@ -60,7 +61,8 @@ def test_real_window_with_3d_view_under_xvfb(tmp_path, demo_case, qapp):
     env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
     env["OPENATP_SETTINGS_DIR"] = str(tmp_path)
     r = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "main.py", "gui",
-                        str(demo_case), "--screenshot", str(out), "--size", "1400x900", "--panel", "3d", "--device", "cpu"],
+                        str(demo_case), "--screenshot", str(out), "--size", "1400x900", "--panel", "3d",
+                        "--device", "cpu"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     rgb = _png_rgb(out)

@@ -72,7 +72,8 @@ def test_cancel_keeps_the_matrix_and_the_best_fluence_then_warm_start_finishes(p
     done = optimize_step(patient, GOALS, dij=partial.dij, warm_start=partial.optimization, options=opts)
     assert done.metrics["warm_start"] and done.metrics["dose_matrix_reused"] and done.dij is dij
     achieved = values_from_metrics(done.metrics)
-    met = {(g["structure"], ClinicalGoal.from_dict({k: v for k, v in g.items() if k not in ("achieved", "met")}).metric):
+    met = {(g["structure"],
+            ClinicalGoal.from_dict({k: v for k, v in g.items() if k not in ("achieved", "met")}).metric):
            g["achieved"] for g in done.metrics["goals"]}
     assert achieved == pytest.approx(met, abs=1e-3)
 

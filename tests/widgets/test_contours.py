@@ -17,7 +17,8 @@ def test_linear_field_iso_line_is_exact():
     r, c = np.mgrid[0:40, 0:50].astype(np.float32)
     seg = marching_squares(0.3 * r + 0.7 * c, 20.0)
     # drop the segments that close the region along the array border (outside the data)
-    inside = np.all((seg[:, [0, 2]] >= 0) & (seg[:, [0, 2]] <= 39) & (seg[:, [1, 3]] >= 0) & (seg[:, [1, 3]] <= 49), axis=1)
+    inside = np.all((seg[:, [0, 2]] >= 0) & (seg[:, [0, 2]] <= 39)
+                    & (seg[:, [1, 3]] >= 0) & (seg[:, [1, 3]] <= 49), axis=1)
     assert _closed(seg)
     seg = seg[inside]
     assert len(seg) > 10

@@ -21,7 +21,8 @@ def water_box(size_mm=(300.0, 300.0, 300.0), spacing_mm=(3.0, 3.0, 3.0), hu_fn=N
     z = grid.axis_coords_mm(0)[:, None, None]
     y = grid.axis_coords_mm(1)[None, :, None]
     x = grid.axis_coords_mm(2)[None, None, :]
-    hu = np.zeros(shape, dtype=np.float32) if hu_fn is None else np.broadcast_to(hu_fn(x, y, z), shape).astype(np.float32)
+    hu = (np.zeros(shape, dtype=np.float32) if hu_fn is None
+          else np.broadcast_to(hu_fn(x, y, z), shape).astype(np.float32))
     p = Patient("water", grid, ct=CtImage(hu, grid))
     p.add_structure(Structure("BODY", np.ones(shape, bool), StructureRole.EXTERNAL))
     if target is not None:

@@ -46,13 +46,17 @@ def test_every_kind_parses():
 
 
 @pytest.mark.parametrize("d, match", [
-    ({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume", "volume_pct": 95, "dose_gy": -5}, "cannot be negative"),
-    ({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume", "volume_pct": 101, "dose_gy": 50}, "D101 % is impossible"),
+    ({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume", "volume_pct": 95, "dose_gy": -5},
+     "cannot be negative"),
+    ({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume", "volume_pct": 101, "dose_gy": 50},
+     "D101 % is impossible"),
     ({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume", "volume_pct": 95, "dose_gy": 5000}, "cGy"),
-    ({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume", "volume_pct": 95, "dose_cgy": 5000}, "doses are given in Gy"),
+    ({"priority": 1, "structure": "PTV", "type": "min_dose_at_volume", "volume_pct": 95, "dose_cgy": 5000},
+     "doses are given in Gy"),
     ({"priority": 1, "structure": "PTV", "type": "max_mean", "dose_gy": 20, "unit": "%"}, "units are fixed"),
     ({"priority": 1, "structure": "PTV", "type": "max_mean", "dose_gy": 20, "volume_pct": 5}, "takes no volume"),
-    ({"priority": 1, "structure": "PTV", "type": "max_dose_at_volume", "dose_gy": 20}, "exactly one of volume_pct or volume_cc"),
+    ({"priority": 1, "structure": "PTV", "type": "max_dose_at_volume", "dose_gy": 20},
+     "exactly one of volume_pct or volume_cc"),
     ({"priority": 1, "structure": "PTV", "type": "max_volume_at_dose", "dose_gy": 20, "volume_cc": 5}, "volume_pct"),
     ({"priority": 0, "structure": "PTV", "type": "max_mean", "dose_gy": 20}, "priority"),
     ({"priority": 1.5, "structure": "PTV", "type": "max_mean", "dose_gy": 20}, "priority"),

@@ -60,7 +60,8 @@ def toy_dij(grid: Grid, body: np.ndarray, n_beams: int = 7, mu_per_mm: float = 0
             pos.append((s, 0.0))
     A = sp.hstack(cols).tocsr()
     A.sort_indices()
-    mat = torch.sparse_csr_tensor(torch.from_numpy(A.indptr.astype(np.int64)), torch.from_numpy(A.indices.astype(np.int64)),
+    mat = torch.sparse_csr_tensor(torch.from_numpy(A.indptr.astype(np.int64)),
+                                  torch.from_numpy(A.indices.astype(np.int64)),
                                   torch.from_numpy(A.data), size=A.shape)
     return DoseInfluence(matrix=mat, voxel_index=vox.astype(np.int64), grid=grid,
                          beamlet_beam=np.asarray(beam_of), beamlet_pos_mm=np.asarray(pos),

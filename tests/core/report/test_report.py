@@ -128,7 +128,8 @@ def test_dvh_svg_is_wellformed_and_names_every_curve():
 
     vol = np.linspace(100, 0, 50)
     curves = [{"name": "PTV<70>", "color": (255, 0, 0), "dose_gy": np.linspace(0, 70, 50), "volume_pct": vol},
-              {"name": "Cord", "color": (0, 0, 255), "dose_gy": np.linspace(0, 40, 50), "volume_pct": vol, "dashed": True}]
+              {"name": "Cord", "color": (0, 0, 255), "dose_gy": np.linspace(0, 40, 50), "volume_pct": vol,
+               "dashed": True}]
     svg = dvh_svg(curves, prescription_gy=70)
     root = ET.fromstring(svg)   # raises if not well-formed XML (names are escaped)
     lines = root.findall(".//{http://www.w3.org/2000/svg}polyline")
