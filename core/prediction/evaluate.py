@@ -101,7 +101,7 @@ def evaluate_model(model_path, data_dir, device="cpu", site: str = "hn", tta: bo
                              "max": float(np.max(secs)) if secs else None},
         "device": device_name(pred.device), "tta": tta, "tta_framings": pred.tta_framings if tta else 1,
         "model": str(pred.path),
-        "members": [str(pred.path)] + [str(m) for m in extra_members],
+        "members": [str(m) for m in pred.member_files],
         "refiner": str(pred.refiner_path) if pred.refiner is not None else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "peak_cuda_mib": (torch.cuda.max_memory_allocated(pred.device) / 2**20) if pred.device.type == "cuda" else None,
@@ -117,16 +117,22 @@ def choose_ptv_mode(result: dict) -> str:
 
 def install_model(run_dir, result: dict, site: str = "hn", dest=None, extra_members=(), refiner=None) -> Path:
     """Copy the best checkpoint of ``run_dir`` into ``resources/models/<site>/`` with the
-    measured convention and scores, ``extra_members`` as ``model_2.pt`` ... (the
-    ensemble that was evaluated; members left from an earlier install are removed) and
-    ``refiner`` as ``refiner.pt`` (an earlier one is removed when none is given);
-    update the model card's measured block."""
+    measured convention and scores, the other networks of the evaluated ensemble
+    (``result["members"]`` after the first, else ``extra_members``) as ``model_2.pt`` ...
+    (members left from an earlier install beyond those are removed) and ``refiner`` as
+    ``refiner.pt`` (an earlier one is removed when none is given); update the model
+    card's measured block.
+
+    Every member is read before anything is written: re-installing from the install folder
+    itself, whose members are among the evaluated ones, keeps them."""
     from core.io.atomic import atomic_write_text
     from core.prediction.model_io import load_model, save_model
     from core.prediction.predict import default_model_path
 
     dest = Path(dest) if dest else default_model_path(site)
     net, meta = load_model(run_dir, "cpu", site=site)
+    evaluated = list(result.get("members") or [])
+    members = [load_model(m, "cpu", site=site) for m in (evaluated[1:] if evaluated else extra_members)]
     mode = choose_ptv_mode(result)
     meta["ptv_mode"] = mode
     meta["tta"] = bool(result.get("tta", False))  # inference follows what was measured
@@ -141,11 +147,10 @@ def install_model(run_dir, result: dict, site: str = "hn", dest=None, extra_memb
     meta["info"] = info
     save_model(dest, net, meta)
     from core.prediction.model_io import member_paths
-    for old in member_paths(dest / "model.pt"):
-        old.unlink()
-    for k, m in enumerate(extra_members, start=2):
-        mnet, mmeta = load_model(m, "cpu", site=site)
+    for k, (mnet, mmeta) in enumerate(members, start=2):
         save_model(dest / f"model_{k}.pt", mnet, mmeta, write_config=False)
+    for old in member_paths(dest / "model.pt")[len(members):]:
+        old.unlink()
     if refiner and Path(refiner).resolve() != (dest / "refiner.pt").resolve():
         from core.io.atomic import atomic_write_bytes
         from core.prediction.refiner import load_refiner

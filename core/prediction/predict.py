@@ -81,14 +81,17 @@ class DosePredictor:
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
         self.path = resolve_model_path(model_path if model_path is not None else default_model_path(site))
         self.net, self.meta = load_model(self.path, self.device, site=self.site.key)
-        self.nets = [self.net]
+        self.nets, self.member_files = [self.net], [self.path]
         for mp in member_paths(self.path) + [resolve_model_path(m) for m in extra_members]:
+            if any(mp.resolve() == f.resolve() for f in self.member_files):
+                continue  # a member found beside model.pt and also named counts once
             net, meta = load_model(mp, self.device, site=self.site.key)
             same = ("channels", "pool", "reference_dose_gy")
             if (any(meta.get(k) != self.meta.get(k) for k in same)
                     or net.config.multiple != self.net.config.multiple):
                 raise ModelError("this ensemble member's inputs or output scale differ from model.pt's", mp)
             self.nets.append(net)
+            self.member_files.append(mp)
         from core.prediction.preprocess import POOL, channel_names
         self.pool = int(self.meta.get("pool", POOL))
         if list(self.meta.get("channels", [])) != channel_names(self.site) or self.meta.get("pool") not in (1, POOL):

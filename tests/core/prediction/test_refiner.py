@@ -239,3 +239,33 @@ def test_the_refiner_flip_makes_refinement_mirror_symmetric():
     assert not np.allclose(refine(net, m_anat, m_dose, body, 70.0), one[:, ::-1], atol=1e-3)
     both = refine(net, anat, dose, body, 70.0, mirror_perm=perm)
     np.testing.assert_allclose(refine(net, m_anat, m_dose, body, 70.0, mirror_perm=perm), both[:, ::-1], atol=1e-4)
+
+
+def test_reinstalling_an_ensemble_from_its_own_folder_keeps_its_members(tmp_path):
+    from core.prediction.evaluate import install_model
+    from core.prediction.model_io import load_model
+    from core.prediction.predict import DosePredictor
+    from .test_model_io import tiny_model
+
+    dest = tmp_path / "dest"
+    tiny_model(dest, seed=0)
+    second = tiny_model(tmp_path / "m2", seed=1)
+    tiny_model(tmp_path / "m3", seed=2)
+    score = {"dose_score_gy": 3.0, "dvh_score_gy": 2.0, "n_patients": 1}
+    result = {"predict": score, "prescription": {**score, "dose_score_gy": 4.0}, "tta": False,
+              "seconds_per_case": {"mean": 1.0, "median": 1.0, "max": 1.0}, "device": "cpu",
+              "peak_rss_mib": 1.0, "refiner": None}
+    pred = DosePredictor(dest, "cpu", extra_members=[tmp_path / "m2", tmp_path / "m3"])
+    install_model(dest, {**result, "members": [str(m) for m in pred.member_files]}, "hn", dest)
+    # evaluated again from the folder (members found beside model.pt, one also named: counted once)
+    pred = DosePredictor(dest, "cpu", extra_members=[dest / "model_2.pt"])
+    assert [p.name for p in pred.member_files] == ["model.pt", "model_2.pt", "model_3.pt"]
+    install_model(dest, {**result, "members": [str(m) for m in pred.member_files]}, "hn", dest)
+    kept, _ = load_model(dest / "model_2.pt")
+    for name, w in second.state_dict().items():
+        np.testing.assert_array_equal(kept.state_dict()[name].numpy(), w.numpy())
+    assert (dest / "model_3.pt").is_file()
+    # a smaller ensemble installed later leaves no stale member behind
+    install_model(dest, {**result, "members": [str(dest / "model.pt"), str(tmp_path / "m3" / "model.pt")]},
+                  "hn", dest)
+    assert sorted(p.name for p in dest.glob("model*.pt")) == ["model.pt", "model_2.pt"]
