@@ -108,6 +108,8 @@ def run(args) -> int:
     site = get_site(args.site)
     if args.lr is not None and not args.lr > 0:
         raise InputError(f"--lr must be positive, got {args.lr:g}")
+    if args.init_model and args.stage == "refiner":
+        raise InputError("--init-model starts a network run; a refiner starts from --init-refiner")
     if args.init_model and args.resume:
         raise InputError("--init-model starts a new run; --resume continues one: choose one")
     if args.init_model and not Path(args.init_model).exists():

@@ -231,6 +231,8 @@ def test_openatp_train_refuses_contradictory_start_options(tmp_path, capsys):
     (tmp_path / "m.pt").write_bytes(b"")
     assert main(base + ["--init-model", str(tmp_path / "m.pt"), "--resume"]) == 2
     assert "--resume" in capsys.readouterr().err
+    assert main(base + ["--init-model", str(tmp_path / "m.pt"), "--stage", "refiner"]) == 2
+    assert "--init-refiner" in capsys.readouterr().err
     assert main(base + ["--lr", "0"]) == 2
     assert "--lr" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
